@@ -1,0 +1,1 @@
+"""giftstream: a simulated live-stream gifting server."""

@@ -1,0 +1,77 @@
+"""Wiring only: routes, lifespan, error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import api
+from server.errors import Refusal
+from server.services import Services
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _payout_processor(svc: Services) -> None:
+    """The simulated payout processor: finishes due cash-outs every half second."""
+    while True:
+        try:
+            await svc.wallets.finish_due_cashouts()
+        except Exception as exc:  # noqa: BLE001 - outlives Redis outages
+            log.warning("payout round failed: %s", exc)
+        await asyncio.sleep(0.5)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        svc = Services.build(settings)
+        app.state.services = svc
+        tasks = [
+            asyncio.create_task(svc.gifts.run_sweeper(), name="gift-sweeper"),
+            asyncio.create_task(_payout_processor(svc), name="payout-processor"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await svc.close()
+
+    async def on_refusal(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refusal)
+        return api.refusal_response(exc)
+
+    async def on_redis_down(request: Request, exc: Exception) -> Response:
+        log.warning("redis unavailable: %s", exc)
+        return api.error_response("unavailable", "the store is unavailable; try again shortly")
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error", exc_info=exc)
+        return api.error_response("internal", "internal error")
+
+    return Starlette(
+        routes=api.routes,
+        lifespan=lifespan,
+        exception_handlers={
+            Refusal: on_refusal,
+            RedisConnectionError: on_redis_down,
+            RedisTimeoutError: on_redis_down,
+            OSError: on_redis_down,
+            Exception: on_error,
+        },
+    )

@@ -1,0 +1,282 @@
+"""The rules of the economy: catalog, prices, conversion, who may do what.
+
+Pure: no asyncio, no Redis, no JSON encoding. Every amount is an integer.
+Functions that refuse raise a `Refusal` subclass carrying a stable code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+
+from server.errors import (
+    BadRequest,
+    BelowMinimum,
+    NoPayoutMethod,
+    NotVerified,
+    RegionUnavailable,
+    Underage,
+    UnknownGift,
+    UnknownPackage,
+)
+
+ADULT_AGE = 18
+MAX_COMBO = 99
+# A diamond redeems for $0.005: 500 micro-dollars, so two diamonds make a cent.
+MICRO_USD_PER_DIAMOND = 500
+MICRO_USD_PER_CENT = 10_000
+MAX_NAME_LENGTH = 40
+MAX_CHAT_LENGTH = 200
+MIN_BIRTH_YEAR = 1900
+
+
+@dataclass(frozen=True, slots=True)
+class Gift:
+    id: str
+    name: str
+    coins: int
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class CoinPackage:
+    id: str
+    coins: int
+    price_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    gifts: dict[str, Gift]
+    packages: dict[str, CoinPackage]
+    recharge_regions: frozenset[str]
+    known_regions: frozenset[str]
+
+    def gift(self, gift_id: str) -> Gift:
+        try:
+            return self.gifts[gift_id]
+        except KeyError:
+            raise UnknownGift(f"there is no gift {gift_id!r}") from None
+
+    def package(self, package_id: str) -> CoinPackage:
+        try:
+            return self.packages[package_id]
+        except KeyError:
+            raise UnknownPackage(f"there is no coin package {package_id!r}") from None
+
+
+def load_catalog() -> Catalog:
+    """Read the gift catalog, coin packages and regions shipped in `server/data`."""
+    data = resources.files("server") / "data"
+    gifts_doc = tomllib.loads((data / "gifts.toml").read_text("utf-8"))
+    packages_doc = tomllib.loads((data / "coin_packages.toml").read_text("utf-8"))
+    regions_doc = tomllib.loads((data / "regions.toml").read_text("utf-8"))
+    gifts = {
+        g["id"]: Gift(g["id"], g["name"], int(g["coins"]), g["tier"]) for g in gifts_doc["gift"]
+    }
+    packages = {
+        p["id"]: CoinPackage(p["id"], int(p["coins"]), int(p["price_cents"]))
+        for p in packages_doc["package"]
+    }
+    for gift in gifts.values():
+        if gift.coins < 1:
+            raise ValueError(f"gift {gift.id} must cost at least one coin")
+    recharge = frozenset(regions_doc["recharge_available"])
+    return Catalog(
+        gifts=gifts,
+        packages=packages,
+        recharge_regions=recharge,
+        known_regions=recharge | frozenset(regions_doc["recharge_unavailable"]),
+    )
+
+
+# --- users -----------------------------------------------------------------
+
+_REGION = re.compile(r"^[A-Z]{2}$")
+
+
+def parse_birthdate(raw: str, *, today: dt.date) -> dt.date:
+    """A birthdate `YYYY-MM-DD`, in the past and after 1900."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        raise BadRequest("birthdate must be YYYY-MM-DD")
+    try:
+        born = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest("birthdate is not a real date") from None
+    if born > today:
+        raise BadRequest("birthdate is in the future")
+    if born.year < MIN_BIRTH_YEAR:
+        raise BadRequest("birthdate is too far in the past")
+    return born
+
+
+def age_on(born: dt.date, today: dt.date) -> int:
+    """Whole years of age on `today`; a 29 February birthday counts from 1 March."""
+    years = today.year - born.year
+    if (today.month, today.day) < (born.month, born.day):
+        years -= 1
+    return years
+
+
+def validate_name(raw: str) -> str:
+    name = raw.strip()
+    if not name:
+        raise BadRequest("name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise BadRequest("name must not contain control characters")
+    return name
+
+
+def validate_region(raw: str, catalog: Catalog) -> str:
+    if not _REGION.fullmatch(raw) or raw not in catalog.known_regions:
+        raise BadRequest(f"unknown region {raw!r}: use an ISO 3166 two-letter code")
+    return raw
+
+
+# --- recharge --------------------------------------------------------------
+
+
+class PaymentOutcome(Enum):
+    APPROVED = "approved"
+    DECLINED = "payment_declined"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+
+
+def normalize_card(raw: str) -> str:
+    digits = raw.replace(" ", "").replace("-", "")
+    if not digits.isdigit() or not 12 <= len(digits) <= 19:
+        raise BadRequest("card_number must be 12 to 19 digits")
+    return digits
+
+
+def simulate_payment(card_number: str) -> PaymentOutcome:
+    """The well-known test-card convention: …4242 approves, …0002 declines,
+    …9995 declines for insufficient funds; any other number declines."""
+    if card_number.endswith("4242"):
+        return PaymentOutcome.APPROVED
+    if card_number.endswith("9995"):
+        return PaymentOutcome.INSUFFICIENT_FUNDS
+    return PaymentOutcome.DECLINED
+
+
+def check_recharge_allowed(*, born: dt.date, region: str, today: dt.date, catalog: Catalog) -> None:
+    """Recharge needs 18+ and a region where it is available (standing is checked atomically)."""
+    if age_on(born, today) < ADULT_AGE:
+        raise Underage("buying coins needs an account aged 18 or over")
+    if region not in catalog.recharge_regions:
+        raise RegionUnavailable(f"buying coins is not available in region {region}")
+
+
+# --- gifts and spending caps -------------------------------------------------
+
+
+def gift_total(gift: Gift, count: int) -> int:
+    if not 1 <= count <= MAX_COMBO:
+        raise BadRequest(f"count must be 1 to {MAX_COMBO}")
+    return gift.coins * count
+
+
+def diamonds_for(coins: int, diamonds_per_coin: int) -> int:
+    return coins * diamonds_per_coin
+
+
+def spending_periods(now: dt.datetime) -> tuple[str, str]:
+    """The UTC day and month a spend at `now` counts towards: ("20261125", "202611")."""
+    utc = now.astimezone(dt.UTC)
+    return utc.strftime("%Y%m%d"), utc.strftime("%Y%m")
+
+
+def validate_spending_limit(period: object, coins: object) -> tuple[str, int | None]:
+    if period not in ("daily", "monthly"):
+        raise BadRequest('period must be "daily" or "monthly"')
+    if coins is not None and (
+        not isinstance(coins, int) or isinstance(coins, bool) or not 0 <= coins <= 10**12
+    ):
+        raise BadRequest("coins must be a whole number of coins from 0, or null to remove the cap")
+    return str(period), coins
+
+
+# --- cash-out ---------------------------------------------------------------
+
+
+def usd_cents_for(diamonds: int) -> int:
+    return diamonds * MICRO_USD_PER_DIAMOND // MICRO_USD_PER_CENT
+
+
+def check_cashout_allowed(
+    *,
+    born: dt.date,
+    today: dt.date,
+    verified: bool,
+    has_payout_method: bool,
+    diamonds: int,
+    minimum: int,
+) -> None:
+    """The rules of a cash-out that do not depend on balances (checked atomically in the store)."""
+    if age_on(born, today) < ADULT_AGE:
+        raise Underage("cashing out needs an account aged 18 or over")
+    if not verified:
+        raise NotVerified("verify your identity before cashing out")
+    if not has_payout_method:
+        raise NoPayoutMethod("link a bank account or PayPal before cashing out")
+    if diamonds < minimum:
+        raise BelowMinimum(f"the minimum cash-out is {minimum} diamonds")
+
+
+def payout_succeeds(method: dict[str, str]) -> bool:
+    """The simulated payout processor: an account number ending in 0002, or a PayPal
+    address starting with "fail", is rejected by the bank."""
+    if method.get("type") == "bank":
+        return not method.get("account_number", "").endswith("0002")
+    return not method.get("email", "").startswith("fail")
+
+
+def validate_payout_method(body: dict[str, object]) -> dict[str, str]:
+    kind = body.get("type")
+    if kind == "bank":
+        account, routing = body.get("account_number"), body.get("routing_number")
+        if set(body) != {"type", "account_number", "routing_number"}:
+            raise BadRequest(
+                "a bank payout method has exactly type, account_number, routing_number"
+            )
+        if not (isinstance(account, str) and account.isdigit() and 4 <= len(account) <= 17):
+            raise BadRequest("account_number must be 4 to 17 digits")
+        if not (isinstance(routing, str) and routing.isdigit() and len(routing) == 9):
+            raise BadRequest("routing_number must be 9 digits")
+        return {"type": "bank", "account_number": account, "routing_number": routing}
+    if kind == "paypal":
+        email = body.get("email")
+        if set(body) != {"type", "email"}:
+            raise BadRequest("a paypal payout method has exactly type and email")
+        if not (
+            isinstance(email, str)
+            and len(email) <= 254
+            and re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email)
+        ):
+            raise BadRequest("email is not an email address")
+        return {"type": "paypal", "email": email}
+    raise BadRequest('type must be "bank" or "paypal"')
+
+
+def mask_payout_method(method: dict[str, str]) -> dict[str, str]:
+    """What the API shows of a payout method: never the whole account number."""
+    if method.get("type") == "bank":
+        return {"type": "bank", "account_last4": method["account_number"][-4:]}
+    email = method.get("email", "")
+    local, _, domain = email.partition("@")
+    return {"type": "paypal", "email": f"{local[:1]}***@{domain}"}
+
+
+# --- keys -------------------------------------------------------------------
+
+
+def wallet_bucket(user_id: str, buckets: int) -> int:
+    """DESIGN section 3: bucket = crc32(user_id) % WALLET_BUCKETS."""
+    return zlib.crc32(user_id.encode()) % buckets

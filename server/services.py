@@ -1,0 +1,45 @@
+"""The parts one server process runs with, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from server.economy import Catalog, load_catalog
+from server.settings import Settings
+from server.store.connection import Client, Scripts, connect, load_scripts
+from server.store.gifts import GiftSaga
+from server.store.rooms import RoomStore
+from server.store.wallets import WalletStore
+
+
+@dataclass(kw_only=True)
+class Services:
+    settings: Settings
+    catalog: Catalog
+    redis: Client
+    scripts: Scripts
+    wallets: WalletStore
+    gifts: GiftSaga
+    rooms: RoomStore
+    # Names this process in presence records: unique per process, even after a restart.
+    process_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(4)}")
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        catalog = load_catalog()
+        client = connect(settings)
+        scripts = load_scripts(client)
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            redis=client,
+            scripts=scripts,
+            wallets=WalletStore(client, scripts, settings, catalog),
+            gifts=GiftSaga(client, scripts, settings),
+            rooms=RoomStore(client, scripts, settings),
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,137 @@
+"""Configuration from the environment: the only module that reads it.
+
+Every tunable has a default that runs on a laptop. `Settings.from_env()` is
+called once at start; everything else receives the `Settings` it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(Exception):
+    """The environment asks for something that cannot run; the message says what."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative, got {value}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    environment: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    # None: start an embedded Redis-compatible server in `data_dir`.
+    redis_url: str | None = None
+    redis_cluster_urls: tuple[str, ...] = ()
+    data_dir: Path = Path(".data")
+    token_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    token_ttl_s: int = 7 * 24 * 3600
+    wallet_buckets: int = 1024
+    diamonds_per_coin: int = 1
+    cashout_min_diamonds: int = 2000
+    cashout_daily_limit_diamonds: int = 1_000_000
+    payout_delay_ms: int = 2000
+    idempotency_ttl_s: int = 24 * 3600
+    sweep_interval_s: float = 2.0
+    sweep_min_age_ms: int = 3000
+    # Rooms and fan-out.
+    coalesce_ms: int = 20
+    socket_queue_frames: int = 256
+    max_frame_bytes: int = 64 * 1024
+    history_events: int = 1000
+    presence_ttl_s: int = 10
+    gift_rate_per_s: float = 20.0
+    gift_burst: int = 50
+    chat_rate_per_s: float = 2.0
+    chat_burst: int = 5
+    combo_gap_ms: int = 5000
+    room_state_interval_ms: int = 250
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read `GS_*` variables (and `REDIS_URL`, `REDIS_CLUSTER_URLS`).
+
+        Raises `SettingsError` with a clear message for a malformed value, or
+        when `GS_ENV=production` and no `GS_TOKEN_SECRET` is set.
+        """
+        env = os.environ if env is None else env
+        environment = env.get("GS_ENV", "development")
+        secret = env.get("GS_TOKEN_SECRET", "")
+        if not secret:
+            if environment == "production":
+                raise SettingsError(
+                    "GS_ENV=production needs GS_TOKEN_SECRET: a long random string shared "
+                    "by every server process (tokens signed by one must verify on all)"
+                )
+            secret = secrets.token_urlsafe(32)
+        cluster = tuple(u for u in env.get("REDIS_CLUSTER_URLS", "").split(",") if u.strip())
+        d = cls()
+        return cls(
+            environment=environment,
+            host=env.get("GS_HOST", d.host),
+            port=_int(env, "GS_PORT", d.port, minimum=0),
+            workers=_int(env, "GS_WORKERS", d.workers, minimum=1),
+            redis_url=env.get("REDIS_URL") or None,
+            redis_cluster_urls=cluster,
+            data_dir=Path(env.get("GS_DATA_DIR", str(d.data_dir))),
+            token_secret=secret,
+            token_ttl_s=_int(env, "GS_TOKEN_TTL_S", d.token_ttl_s, minimum=1),
+            wallet_buckets=_int(env, "WALLET_BUCKETS", d.wallet_buckets, minimum=1),
+            diamonds_per_coin=_int(env, "DIAMONDS_PER_COIN", d.diamonds_per_coin, minimum=1),
+            cashout_min_diamonds=_int(
+                env, "GS_CASHOUT_MIN_DIAMONDS", d.cashout_min_diamonds, minimum=1
+            ),
+            cashout_daily_limit_diamonds=_int(
+                env, "GS_CASHOUT_DAILY_LIMIT_DIAMONDS", d.cashout_daily_limit_diamonds, minimum=1
+            ),
+            payout_delay_ms=_int(env, "GS_PAYOUT_DELAY_MS", d.payout_delay_ms),
+            idempotency_ttl_s=_int(env, "GS_IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, minimum=60),
+            sweep_interval_s=_float(env, "GS_SWEEP_INTERVAL_S", d.sweep_interval_s),
+            sweep_min_age_ms=_int(env, "GS_SWEEP_MIN_AGE_MS", d.sweep_min_age_ms),
+            coalesce_ms=_int(env, "GS_COALESCE_MS", d.coalesce_ms),
+            socket_queue_frames=_int(
+                env, "GS_SOCKET_QUEUE_FRAMES", d.socket_queue_frames, minimum=1
+            ),
+            max_frame_bytes=_int(env, "GS_MAX_FRAME_BYTES", d.max_frame_bytes, minimum=256),
+            history_events=_int(env, "GS_HISTORY_EVENTS", d.history_events, minimum=1),
+            presence_ttl_s=_int(env, "GS_PRESENCE_TTL_S", d.presence_ttl_s, minimum=2),
+            gift_rate_per_s=_float(env, "GS_GIFT_RATE_PER_S", d.gift_rate_per_s),
+            gift_burst=_int(env, "GS_GIFT_BURST", d.gift_burst, minimum=1),
+            chat_rate_per_s=_float(env, "GS_CHAT_RATE_PER_S", d.chat_rate_per_s),
+            chat_burst=_int(env, "GS_CHAT_BURST", d.chat_burst, minimum=1),
+            combo_gap_ms=_int(env, "GS_COMBO_GAP_MS", d.combo_gap_ms),
+            room_state_interval_ms=_int(env, "GS_ROOM_STATE_INTERVAL_MS", d.room_state_interval_ms),
+        )

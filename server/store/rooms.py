@@ -1,0 +1,170 @@
+"""Live rooms: the room hash, its event history, top gifters, chat and presence."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import orjson
+
+from server.errors import Forbidden, NotFound, RoomNotLive
+from server.settings import Settings
+from server.store.answers import fields
+from server.store.connection import Client, Scripts
+from server.store.keys import LIVE_ROOMS, RoomKeys
+from server.store.wallets import now_ms
+
+_ROOM_ID = re.compile(r"^[a-z0-9]{1,32}$")
+TOP_GIFTERS = 10
+CHAT_MARKER_TTL_S = 24 * 3600
+
+
+def valid_room_id(room_id: str) -> bool:
+    return bool(_ROOM_ID.fullmatch(room_id))
+
+
+class RoomStore:
+    def __init__(self, client: Client, scripts: Scripts, settings: Settings):
+        self._r = client
+        self._scripts = scripts
+        self._settings = settings
+
+    async def create(self, *, creator_id: str, creator_name: str, title: str) -> str:
+        """A creator goes live: a new room, listed among the live ones."""
+        room_id = secrets.token_hex(6)
+        k = RoomKeys(room_id)
+        now = now_ms()
+        await self._r.hset(
+            k.room,
+            mapping={
+                "title": title,
+                "creator_id": creator_id,
+                "creator_name": creator_name,
+                "status": "live",
+                "created_ms": now,
+                "seq": 0,
+                "gift_coins": 0,
+                "gift_count": 0,
+                "chat_count": 0,
+            },
+        )
+        await self._r.zadd(LIVE_ROOMS, {room_id: now})
+        return room_id
+
+    async def room(self, room_id: str) -> dict[str, str]:
+        """The room's hash; `NotFound` if there is no such room."""
+        if not valid_room_id(room_id):
+            raise NotFound("no such room")
+        raw = fields(await self._r.hgetall(RoomKeys(room_id).room))
+        if not raw:
+            raise NotFound("no such room")
+        return raw
+
+    async def end(self, room_id: str, *, user_id: str) -> int:
+        """End the live. Atomic; idempotent. Only the creator may end it (`Forbidden`)."""
+        if not valid_room_id(room_id):
+            raise NotFound("no such room")
+        k = RoomKeys(room_id)
+        now = now_ms()
+        event = orjson.dumps({"ts": now, "kind": "room_ended"})
+        seq = int(
+            await self._scripts.end_room(
+                keys=[k.room, k.events],
+                args=[user_id, now, self._settings.history_events, event, k.channel],
+            )
+        )
+        if seq == -1:
+            raise NotFound("no such room")
+        if seq == -2:
+            raise Forbidden("only the room's creator can end its live")
+        await self._r.zrem(LIVE_ROOMS, room_id)
+        return seq
+
+    async def post_chat(
+        self, room_id: str, *, user_id: str, name: str, request_id: str, text: str
+    ) -> int:
+        """Append a chat line to the room. Atomic; idempotent by (user, request_id).
+        Returns its seq, or 0 for a repeat. `RoomNotLive` if the room has ended."""
+        k = RoomKeys(room_id)
+        event = orjson.dumps(
+            {
+                "ts": now_ms(),
+                "kind": "chat",
+                "from": {"user_id": user_id, "name": name},
+                "text": text,
+            }
+        )
+        seq = int(
+            await self._scripts.post_chat(
+                keys=[k.room, k.events, k.done(f"chat:{user_id}:{request_id}")],
+                args=[self._settings.history_events, CHAT_MARKER_TTL_S, event, k.channel],
+            )
+        )
+        if seq == -1:
+            raise RoomNotLive("this live has ended")
+        return seq
+
+    async def top(self, room_id: str, n: int = TOP_GIFTERS) -> list[dict[str, Any]]:
+        """Top gifters, highest first: [{user_id, name, coins}]."""
+        k = RoomKeys(room_id)
+        rows = await self._r.zrevrange(k.top, 0, n - 1, withscores=True)
+        if not rows:
+            return []
+        ids = [member.decode() for member, _ in rows]
+        names = await self._r.hmget(k.names, ids)
+        return [
+            {"user_id": uid, "name": (name or b"").decode(), "coins": int(score)}
+            for uid, name, (_, score) in zip(ids, names, rows, strict=True)
+        ]
+
+    async def events_since(self, room_id: str, since: int) -> tuple[list[bytes], bool]:
+        """The events after `since` still in the capped history, oldest first, and whether
+        that is all of them (False when some had already been trimmed)."""
+        rows = await self._r.xrange(RoomKeys(room_id).events, f"({since}-0", "+")
+        events = [raw[b"e"] for _, raw in rows]
+        first = int(rows[0][0].split(b"-")[0]) if rows else None
+        complete = first is None or first == since + 1
+        return events, complete
+
+    async def set_presence(self, room_id: str, process_id: str, viewers: int) -> None:
+        """This process has `viewers` local viewers in the room, for the next
+        `presence_ttl_s` seconds (a dead process's viewers vanish with the expiry)."""
+        k = RoomKeys(room_id)
+        expires = now_ms() + self._settings.presence_ttl_s * 1000
+        if viewers > 0:
+            await self._r.hset(k.presence, process_id, f"{viewers}:{expires}")
+        else:
+            await self._r.hdel(k.presence, process_id)
+
+    async def viewers(self, room_ids: list[str]) -> dict[str, int]:
+        """Viewers per room summed over every live process."""
+        if not room_ids:
+            return {}
+        async with self._r.pipeline(transaction=False) as pipe:
+            for room_id in room_ids:
+                pipe.hgetall(RoomKeys(room_id).presence)
+            rows = await pipe.execute()
+        now = now_ms()
+        counts: dict[str, int] = {}
+        for room_id, raw in zip(room_ids, rows, strict=True):
+            total = 0
+            for value in raw.values():
+                count, _, expires = value.decode().partition(":")
+                if int(expires) > now:
+                    total += int(count)
+            counts[room_id] = total
+        return counts
+
+    async def live_room_ids(self, *, limit: int = 100) -> list[str]:
+        return [m.decode() for m in await self._r.zrevrange(LIVE_ROOMS, 0, limit - 1)]
+
+    async def describe(self, room_id: str, raw: dict[str, str] | None = None) -> dict[str, Any]:
+        """The room as the API and the welcome frame show it."""
+        raw = raw if raw is not None else await self.room(room_id)
+        return {
+            "room_id": room_id,
+            "title": raw["title"],
+            "creator": {"user_id": raw["creator_id"], "name": raw["creator_name"]},
+            "status": raw["status"],
+        }
