@@ -27,8 +27,9 @@ from server.errors import (
 
 ADULT_AGE = 18
 MAX_COMBO = 99
-# A diamond redeems for $0.005: 500 micro-dollars, so two diamonds make a cent.
-MICRO_USD_PER_DIAMOND = 500
+# A diamond redeems for $0.005: 5,000 micro-dollars (DESIGN says 500: a slip), so two
+# diamonds make a cent.
+MICRO_USD_PER_DIAMOND = 5_000
 MICRO_USD_PER_CENT = 10_000
 MAX_NAME_LENGTH = 40
 MAX_CHAT_LENGTH = 200

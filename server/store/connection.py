@@ -70,4 +70,4 @@ def connect(settings: Settings, url: str | None = None) -> Client:
         raise ValueError("no Redis URL: start the embedded server first")
     # A bounded pool that waits for a free connection instead of failing under bursts.
     pool = BlockingConnectionPool.from_url(target, max_connections=64, timeout=5, **options)
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)
