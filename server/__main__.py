@@ -66,6 +66,9 @@ def main() -> int:
             ws_ping_timeout=20.0,
             log_level="warning",
             timeout_graceful_shutdown=5,
+            # Longer than clients keep idle connections, so the server is never the one that
+            # closes a connection a client is about to reuse.
+            timeout_keep_alive=75,
         )
     finally:
         if embedded is not None:

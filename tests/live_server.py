@@ -17,7 +17,7 @@ TEST_SECRET = "test-secret-not-for-production-0123456789"
 
 
 class LiveServer:
-    """`python -m uvicorn server.app:create_app` on 127.0.0.1 with the given environment."""
+    """`python -m server` on 127.0.0.1 and a free port, with the given environment."""
 
     def __init__(self, redis_url: str, *, log_dir: Path, env: dict[str, str] | None = None):
         self.redis_url = redis_url
@@ -39,6 +39,8 @@ class LiveServer:
             **os.environ,
             "REDIS_URL": self.redis_url,
             "GS_TOKEN_SECRET": TEST_SECRET,
+            "GS_HOST": "127.0.0.1",
+            "GS_PORT": str(self.port),
             "GS_PAYOUT_DELAY_MS": "300",
             "GS_SWEEP_INTERVAL_S": "0.5",
             "GS_SWEEP_MIN_AGE_MS": "1000",
@@ -47,24 +49,9 @@ class LiveServer:
         }
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115 - closed by the child
+        # The same entry point a user and the container start.
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "server.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--ws",
-                "websockets-sansio",
-                "--ws-max-size",
-                env.get("GS_MAX_FRAME_BYTES", str(64 * 1024)),
-                "--log-level",
-                "warning",
-            ],
+            [sys.executable, "-m", "server"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,221 @@
+"""Each Lua step on its own, against the real Redis: checks first, writes after, once only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import orjson
+import pytest
+
+from server.economy import PaymentOutcome
+from server.errors import IdempotencyConflict, InsufficientCoins, SpendingLimitReached
+from server.services import Services
+from server.store.gifts import GiftOrder
+from server.store.keys import RoomKeys, UserKeys
+
+BORN = dt.date(1990, 1, 1)
+
+
+async def new_user(services: Services, coins: int = 0) -> str:
+    user_id = await services.wallets.create_user(name="U", born=BORN, region="US")
+    if coins:
+        package = next(p for p in services.catalog.packages.values() if p.coins == coins)
+        await services.wallets.recharge(
+            user_id,
+            package=package,
+            card_number="4242424242424242",
+            outcome=PaymentOutcome.APPROVED,
+            idempotency_key=uuid.uuid4().hex,
+        )
+    return user_id
+
+
+async def new_room(services: Services) -> tuple[str, str]:
+    creator = await new_user(services)
+    room_id = await services.rooms.create(creator_id=creator, creator_name="C", title="t")
+    return creator, room_id
+
+
+def order(
+    services: Services,
+    sender: str,
+    room: tuple[str, str],
+    gift_id: str = "rose",
+    count: int = 1,
+    request_id: str | None = None,
+) -> GiftOrder:
+    creator, room_id = room
+    return GiftOrder(
+        sender,
+        "S",
+        room_id,
+        creator,
+        services.catalog.gift(gift_id),
+        count,
+        request_id or uuid.uuid4().hex,
+    )
+
+
+async def test_recharge_replays_and_refuses_conflicts(services: Services) -> None:
+    user = await new_user(services)
+    p100 = services.catalog.package("p100")
+    first = await services.wallets.recharge(
+        user,
+        package=p100,
+        card_number="4242424242424242",
+        outcome=PaymentOutcome.APPROVED,
+        idempotency_key="k",
+    )
+    again = await services.wallets.recharge(
+        user,
+        package=p100,
+        card_number="4242424242424242",
+        outcome=PaymentOutcome.APPROVED,
+        idempotency_key="k",
+    )
+    assert again == {**first, "replayed": True}
+    with pytest.raises(IdempotencyConflict):
+        await services.wallets.recharge(
+            user,
+            package=p100,
+            card_number="5555555555554242",
+            outcome=PaymentOutcome.APPROVED,
+            idempotency_key="k",
+        )
+    assert (await services.wallets.wallet(user))["coins"] == 100
+
+
+async def test_gift_saga_moves_coins_to_diamonds_once(services: Services) -> None:
+    sender = await new_user(services, 1000)
+    room = await new_room(services)
+    o = order(services, sender, room, "doughnut", 3)
+    receipt = await services.gifts.send(o)
+    assert receipt.coins == 910 and not receipt.replayed
+    again = await services.gifts.send(o)
+    assert again.coins == 910 and again.replayed and again.transfer_id == receipt.transfer_id
+    assert (await services.wallets.wallet(room[0]))["diamonds"] == 90
+    events, complete = await services.rooms.events_since(room[1], 0)
+    assert complete and len(events) == 1
+    event = orjson.loads(events[0])
+    assert (
+        event["seq"],
+        event["kind"],
+        event["gift_id"],
+        event["count"],
+        event["coins"],
+        event["combo"],
+    ) == (1, "gift", "doughnut", 3, 90, 3)
+    assert (
+        await services.redis.hlen(UserKeys.of(sender, services.settings.wallet_buckets).pending)
+        == 0
+    )
+
+
+async def test_finish_is_idempotent(services: Services) -> None:
+    sender = await new_user(services, 100)
+    room = await new_room(services)
+    receipt = await services.gifts.send(order(services, sender, room, "finger_heart"))
+    transfer = {
+        "t": receipt.transfer_id,
+        "s": sender,
+        "n": "S",
+        "r": room[1],
+        "c": room[0],
+        "g": "finger_heart",
+        "k": 1,
+        "p": 5,
+        "ts": 0,
+    }
+    await services.gifts.finish(transfer)
+    await services.gifts.finish(transfer)
+    assert (await services.wallets.wallet(room[0]))["diamonds"] == 5
+    events, _ = await services.rooms.events_since(room[1], 0)
+    assert len(events) == 1
+
+
+async def test_refused_debit_writes_nothing(services: Services) -> None:
+    sender = await new_user(services, 100)
+    room = await new_room(services)
+    k = UserKeys.of(sender, services.settings.wallet_buckets)
+    before = await services.redis.xlen(k.ledger)
+    with pytest.raises(InsufficientCoins):
+        await services.gifts.send(order(services, sender, room, "money_gun"))
+    assert (await services.wallets.wallet(sender))["coins"] == 100
+    assert await services.redis.xlen(k.ledger) == before
+    assert await services.redis.hlen(k.pending) == 0
+    assert (await services.rooms.events_since(room[1], 0))[0] == []
+
+
+async def test_spending_cap_allows_reaching_it_exactly(services: Services) -> None:
+    sender = await new_user(services, 1000)
+    room = await new_room(services)
+    await services.wallets.set_spending_limit(sender, "daily", 100)
+    await services.gifts.send(order(services, sender, room, "doughnut", 3))  # 90
+    with pytest.raises(SpendingLimitReached):
+        await services.gifts.send(order(services, sender, room, "doughnut", 1))  # 120 > 100
+    await services.gifts.send(order(services, sender, room, "finger_heart", 2))  # exactly 100
+    with pytest.raises(SpendingLimitReached):
+        await services.gifts.send(order(services, sender, room, "rose", 1))
+    await services.wallets.set_spending_limit(sender, "monthly", 150)
+    await services.gifts.send(order(services, sender, room, "doughnut", 1))  # 130 this month
+    await services.wallets.set_spending_limit(sender, "daily", None)
+    await services.gifts.send(order(services, sender, room, "cap", 1))
+    assert (await services.wallets.wallet(sender))["coins"] == 1000 - 130 - 99
+
+
+async def test_combo_counts_a_run_of_the_same_gift(services: Services) -> None:
+    sender = await new_user(services, 1000)
+    room = await new_room(services)
+    for gift_id, count in [("rose", 1), ("rose", 5), ("rose", 1), ("doughnut", 1), ("rose", 2)]:
+        await services.gifts.send(order(services, sender, room, gift_id, count))
+    events, _ = await services.rooms.events_since(room[1], 0)
+    assert [orjson.loads(e)["combo"] for e in events] == [1, 6, 7, 1, 2]
+
+
+async def test_sweeper_finishes_a_transfer_left_pending(services: Services) -> None:
+    """A crash right after the debit: the pending transfer is finished by the sweeper."""
+    sender = await new_user(services, 100)
+    creator, room_id = await new_room(services)
+    k = UserKeys.of(sender, services.settings.wallet_buckets)
+    transfer = {
+        "t": "g" + uuid.uuid4().hex[:16],
+        "s": sender,
+        "n": "S",
+        "r": room_id,
+        "c": creator,
+        "g": "doughnut",
+        "k": 1,
+        "p": 30,
+        "ts": 1,
+    }
+    # What debit_gift.lua leaves behind when the process dies before steps 2-4.
+    await services.redis.hset(k.wallet, mapping={"coins": 70, "spent": 30})
+    await services.redis.xadd(
+        k.ledger, {"kind": "gift_sent", "coins": -30, "diamonds": 0, "ref": transfer["t"]}
+    )
+    await services.redis.hset(k.pending, transfer["t"], orjson.dumps(transfer))
+    assert await services.gifts.sweep(min_age_ms=0) >= 1
+    assert await services.gifts.sweep(min_age_ms=0) == 0
+    assert (await services.wallets.wallet(creator))["diamonds"] == 30
+    assert await services.redis.hget(RoomKeys(room_id).room, "gift_coins") == b"30"
+
+
+async def test_chat_and_end_room(services: Services) -> None:
+    creator, room_id = await new_room(services)
+    assert (
+        await services.rooms.post_chat(
+            room_id, user_id=creator, name="C", request_id="r1", text="hi"
+        )
+        == 1
+    )
+    assert (
+        await services.rooms.post_chat(
+            room_id, user_id=creator, name="C", request_id="r1", text="hi"
+        )
+        == 0
+    )
+    assert await services.rooms.end(room_id, user_id=creator) == 2
+    assert await services.rooms.end(room_id, user_id=creator) == 0
+    events, complete = await services.rooms.events_since(room_id, 1)
+    assert complete and [orjson.loads(e)["kind"] for e in events] == ["room_ended"]
