@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
 from server.settings import Settings
 
-Client = Redis | RedisCluster
+# redis-py's Redis or RedisCluster (its annotations are not usable under mypy strict).
+Client: TypeAlias = Any
 
 SCRIPT_NAMES = (
     "recharge",
