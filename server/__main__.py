@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def main() -> int:
     if not os.environ.get("GS_TOKEN_SECRET"):
         # Workers are separate processes that read the environment: give them one secret.
         os.environ["GS_TOKEN_SECRET"] = _dev_secret(settings.data_dir)
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: each writes its metrics here and /metrics sums them.
+        metrics_dir = settings.data_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None and not settings.redis_cluster_urls:
         embedded = EmbeddedRedis(settings.data_dir / "redis")

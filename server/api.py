@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import economy
+from server import economy, metrics
 from server.auth import issue_token, user_from_token
 from server.errors import BadRequest, Forbidden, Refusal, Unauthorized, Underage
 from server.services import Services
@@ -238,6 +238,8 @@ async def recharge(request: Request) -> Response:
         outcome=economy.simulate_payment(card),
         idempotency_key=key,
     )
+    if not answer["replayed"]:
+        metrics.COINS_RECHARGED.inc(int(answer["added"]))
     return JSONResponse(answer)
 
 
@@ -280,6 +282,8 @@ async def request_cashout(request: Request) -> Response:
         minimum=svc.settings.cashout_min_diamonds,
     )
     answer = await svc.wallets.request_cashout(user.user_id, diamonds=diamonds, idempotency_key=key)
+    if not answer["replayed"]:
+        metrics.DIAMONDS_CASHED_OUT.inc(diamonds)
     return JSONResponse(answer, status_code=202)
 
 
@@ -359,8 +363,19 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "redis": "up" if redis_ok else "down"})
 
 
+async def prometheus_metrics(request: Request) -> Response:
+    svc = services(request)
+    try:
+        metrics.ROOMS_LIVE.set(await svc.rooms.live_room_count())
+    except Exception:  # noqa: BLE001 - the process metrics are worth serving without Redis
+        metrics.REDIS_ERRORS.inc()
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 routes = [
     Route("/healthz", healthz),
+    Route("/metrics", prometheus_metrics),
     Route("/api/users", sign_up, methods=["POST"]),
     Route("/api/me", me),
     Route("/api/me/verification", verify_identity, methods=["PUT"]),

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server import api
+from server import api, metrics
 from server.errors import Refusal
 from server.services import Services
 from server.settings import Settings
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return api.refusal_response(exc)
 
     async def on_redis_down(request: Request, exc: Exception) -> Response:
+        metrics.REDIS_ERRORS.inc()
         log.warning("redis unavailable: %s", exc)
         return api.error_response("unavailable", "the store is unavailable; try again shortly")
 

@@ -156,6 +156,9 @@ class RoomStore:
             counts[room_id] = total
         return counts
 
+    async def live_room_count(self) -> int:
+        return int(await self._r.zcard(LIVE_ROOMS))
+
     async def live_room_ids(self, *, limit: int = 100) -> list[str]:
         return [m.decode() for m in await self._r.zrevrange(LIVE_ROOMS, 0, limit - 1)]
 

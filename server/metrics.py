@@ -1,0 +1,70 @@
+"""Prometheus metrics (prometheus-client). Correct under several worker processes: when
+`PROMETHEUS_MULTIPROC_DIR` is set (`python -m server` sets it for `GS_WORKERS` > 1),
+every process writes its samples there and `/metrics` sums them."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+CONNECTIONS_OPEN = Gauge(
+    "giftstream_connections_open", "Open WebSocket connections", multiprocess_mode="livesum"
+)
+ROOMS_LIVE = Gauge(
+    "giftstream_rooms_live",
+    "Live rooms (read from Redis at scrape time)",
+    multiprocess_mode="mostrecent",
+)
+GIFTS = Counter(
+    "giftstream_gifts", "Gifts acked (result=acked) or refused (result=<error code>)", ["result"]
+)
+COINS_SPENT = Counter("giftstream_coins_spent", "Coins debited for gifts (first time, not replays)")
+DIAMONDS_CREDITED = Counter(
+    "giftstream_diamonds_credited", "Diamonds credited to creators for acked gifts"
+)
+COINS_RECHARGED = Counter("giftstream_coins_recharged", "Coins bought (first time, not replays)")
+DIAMONDS_CASHED_OUT = Counter(
+    "giftstream_diamonds_cashout_requested", "Diamonds locked for cash-out requests"
+)
+BROADCAST_FRAMES = Counter(
+    "giftstream_broadcast_frames", "Frames queued to viewers' sockets by the fan-out"
+)
+BROADCAST_BYTES = Counter("giftstream_broadcast_bytes", "Bytes queued to viewers' sockets")
+SLOW_READERS_CLOSED = Counter(
+    "giftstream_slow_readers_closed", "Sockets closed with 1008 because their queue was full"
+)
+REDIS_ERRORS = Counter("giftstream_redis_errors", "Requests or frames that failed on Redis")
+GIFT_ACK_SECONDS = Histogram(
+    "giftstream_gift_ack_seconds",
+    "From a gift frame's arrival to its ack being queued",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+FANOUT_FLUSH_SECONDS = Histogram(
+    "giftstream_fanout_flush_seconds",
+    "Time to encode and queue one coalesced flush of a room",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type, summed over processes when multiprocess."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """Forget a dead worker's live gauges (multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        prometheus_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
