@@ -69,6 +69,7 @@ def main() -> int:
             workers=settings.workers,
             ws="websockets-sansio",
             ws_max_size=settings.max_frame_bytes,
+            ws_per_message_deflate=settings.ws_compression,
             ws_ping_interval=20.0,
             ws_ping_timeout=20.0,
             log_level="warning",

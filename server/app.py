@@ -13,8 +13,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server import api, metrics
+from server import api, metrics, ws
 from server.errors import Refusal
+from server.hub import RoomHub
 from server.services import Services
 from server.settings import Settings
 
@@ -38,9 +39,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         svc = Services.build(settings)
         app.state.services = svc
+        hub = RoomHub(
+            rooms=svc.rooms, client=svc.redis, settings=settings, process_id=svc.process_id
+        )
+        app.state.hub = hub
         tasks = [
             asyncio.create_task(svc.gifts.run_sweeper(), name="gift-sweeper"),
             asyncio.create_task(_payout_processor(svc), name="payout-processor"),
+            asyncio.create_task(hub.run(), name="room-hub"),
         ]
         try:
             yield
@@ -66,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return api.error_response("internal", "internal error")
 
     return Starlette(
-        routes=api.routes,
+        routes=[*api.routes, *ws.routes],
         lifespan=lifespan,
         exception_handlers={
             Refusal: on_refusal,

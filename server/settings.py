@@ -43,6 +43,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     environment: str = "development"
@@ -75,6 +87,9 @@ class Settings:
     chat_burst: int = 5
     combo_gap_ms: int = 5000
     room_state_interval_ms: int = 250
+    # permessage-deflate compresses every frame once per connection, which undoes
+    # encoding a room's flush once for all its viewers: off unless asked for.
+    ws_compression: bool = False
 
     @property
     def production(self) -> bool:
@@ -134,4 +149,5 @@ class Settings:
             chat_burst=_int(env, "GS_CHAT_BURST", d.chat_burst, minimum=1),
             combo_gap_ms=_int(env, "GS_COMBO_GAP_MS", d.combo_gap_ms),
             room_state_interval_ms=_int(env, "GS_ROOM_STATE_INTERVAL_MS", d.room_state_interval_ms),
+            ws_compression=_bool(env, "GS_WS_COMPRESSION", d.ws_compression),
         )

@@ -1,0 +1,172 @@
+"""A test client of a live room: a real WebSocket (the `websockets` asyncio client) that
+keeps every frame it reads, sorted by type, and answers "what happened" questions.
+
+Waits are bounded only so that a broken server fails a test instead of hanging it: every
+assertion is about what arrived, never about how fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.accounts import Account, sign_up
+
+WAIT_S = 15.0
+
+
+async def live_room(http: httpx.AsyncClient, *, title: str = "a live") -> tuple[Account, str]:
+    """A new creator and its live room."""
+    creator = await sign_up(http, name="Creator")
+    r = await http.post("/api/rooms", json={"title": title}, headers=creator.headers)
+    assert r.status_code == 201, r.text
+    return creator, r.json()["room_id"]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def gift(gift_id: str = "rose", count: int = 1, request_id: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "gift",
+        "request_id": request_id or new_request_id(),
+        "gift_id": gift_id,
+        "count": count,
+    }
+
+
+def chat(text: str, request_id: str | None = None) -> dict[str, Any]:
+    return {"type": "chat", "request_id": request_id or new_request_id(), "text": text}
+
+
+@dataclass
+class RoomClient:
+    conn: ClientConnection
+    welcome: dict[str, Any]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    # Acks and errors by request_id, in arrival order.
+    answers: dict[str | None, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    async def open(
+        cls,
+        ws_url: str,
+        room_id: str,
+        *,
+        token: str | None = None,
+        since: int | None = None,
+        **options: Any,
+    ) -> RoomClient:
+        query = []
+        if token is not None:
+            query.append(f"token={token}")
+        if since is not None:
+            query.append(f"since={since}")
+        url = f"{ws_url}/ws/rooms/{room_id}" + ("?" + "&".join(query) if query else "")
+        conn = await connect(url, open_timeout=WAIT_S, **options)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                welcome = orjson.loads(await conn.recv())
+        except BaseException:
+            await conn.close()
+            raise
+        assert welcome["type"] == "welcome", welcome
+        return cls(conn, welcome)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        if isinstance(frame, dict):
+            await self.conn.send(orjson.dumps(frame).decode())
+        else:
+            await self.conn.send(frame)
+
+    def _keep(self, frame: dict[str, Any]) -> None:
+        self.frames.append(frame)
+        if frame["type"] == "events":
+            self.events.extend(frame["events"])
+        elif frame["type"] in ("ack", "error"):
+            self.answers.setdefault(frame.get("request_id"), []).append(frame)
+
+    async def read(self) -> dict[str, Any]:
+        """The next frame (kept)."""
+        async with asyncio.timeout(WAIT_S):
+            frame: dict[str, Any] = orjson.loads(await self.conn.recv())
+        self._keep(frame)
+        return frame
+
+    async def answer(self, request_id: str, nth: int = 0) -> dict[str, Any]:
+        """The `nth` ack or error for `request_id`, reading as far as needed."""
+        while len(self.answers.get(request_id, [])) <= nth:
+            await self.read()
+        return self.answers[request_id][nth]
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send `frame` and return the answer to it (not an earlier one to the same id)."""
+        nth = len(self.answers.get(frame["request_id"], []))
+        await self.send(frame)
+        return await self.answer(frame["request_id"], nth)
+
+    async def until_seq(self, seq: int) -> list[dict[str, Any]]:
+        """Read until the event numbered `seq` has arrived; every event so far."""
+        while not any(e["seq"] >= seq for e in self.events):
+            await self.read()
+        return self.events
+
+    async def until_type(self, frame_type: str) -> dict[str, Any]:
+        while True:
+            frame = await self.read()
+            if frame["type"] == frame_type:
+                return frame
+
+    async def closed_with(self) -> int | None:
+        """Read (keeping frames) until the server closes; the close code it sent."""
+        try:
+            while True:
+                await self.read()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd is not None else None
+
+
+async def close_code_of(ws_url: str, path: str) -> int | None:
+    """Connect to `path` and return the close code the server ends it with."""
+    async with connect(ws_url + path, open_timeout=WAIT_S) as conn:
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    await conn.recv()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd is not None else None
+    return None
+
+
+async def fence(sender: RoomClient) -> int:
+    """Send a chat line through `sender` and return its seq once `sender` has seen it:
+    every event published before it has a lower seq."""
+    marker = "fence-" + new_request_id()
+    await sender.send(chat(marker))
+    while True:
+        for event in sender.events:
+            if event["kind"] == "chat" and event["text"] == marker:
+                return int(event["seq"])
+        frame = await sender.read()
+        if frame["type"] == "error":
+            raise AssertionError(f"fence refused: {frame}")
+
+
+def gift_events(client: RoomClient) -> list[dict[str, Any]]:
+    return [e for e in client.events if e["kind"] == "gift"]
+
+
+def seqs(client: RoomClient) -> list[int]:
+    return [int(e["seq"]) for e in client.events]

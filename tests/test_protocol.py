@@ -1,0 +1,195 @@
+"""The wire protocol as plain functions: every client frame decoded or refused with its
+stable code; server frames encoded as DESIGN section 4 spells them; token buckets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from server.economy import MAX_CHAT_LENGTH, Catalog
+from server.protocol import (
+    PONG,
+    ChatFrame,
+    FrameRejected,
+    GiftFrame,
+    PingFrame,
+    ack_frame,
+    decode_client_frame,
+    error_frame,
+    event_kind,
+    event_seq,
+    events_frame,
+    room_state_frame,
+    welcome_frame,
+)
+from server.rate_limit import TokenBucket
+
+
+def refused(data: str | bytes, catalog: Catalog) -> tuple[str, str | None]:
+    with pytest.raises(FrameRejected) as info:
+        decode_client_frame(data, catalog)
+    return info.value.refusal.code, info.value.request_id
+
+
+def dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def test_valid_frames_decode(catalog: Catalog) -> None:
+    frame = decode_client_frame(
+        dumps({"type": "gift", "request_id": "r-1", "gift_id": "rose", "count": 5}), catalog
+    )
+    assert frame == GiftFrame("r-1", catalog.gifts["rose"], 5)
+    frame = decode_client_frame(dumps({"type": "chat", "request_id": "c:1", "text": "hi"}), catalog)
+    assert frame == ChatFrame("c:1", "hi")
+    assert decode_client_frame('{"type":"ping"}', catalog) == PingFrame()
+    assert decode_client_frame(b'{"type":"ping"}', catalog) == PingFrame()
+    big = "é" * MAX_CHAT_LENGTH
+    assert decode_client_frame(dumps(chat_frame(big)), catalog) == ChatFrame("c", big)
+
+
+def chat_frame(text: object) -> dict[str, Any]:
+    return {"type": "chat", "request_id": "c", "text": text}
+
+
+def gift_frame(**changes: object) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "gift", "request_id": "g", "gift_id": "rose", "count": 1}
+    frame.update(changes)
+    return frame
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "",
+        "{",
+        "nonsense",
+        "[]",
+        '"gift"',
+        "42",
+        "null",
+        '{"type": "gift", "count": 1e999}',
+        '{"type":"gift","request_id":"g","gift_id":"rose","count":100000000000000000000000}',
+    ],
+)
+def test_not_one_json_object_is_bad_request(data: str, catalog: Catalog) -> None:
+    assert refused(data, catalog)[0] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({}, "bad_request"),
+        ({"type": None}, "bad_request"),
+        ({"type": 7}, "bad_request"),
+        ({"type": "dance"}, "bad_request"),
+        ({"type": "GIFT"}, "bad_request"),
+        ({"type": "ping", "extra": 1}, "bad_request"),
+        ({k: v for k, v in gift_frame().items() if k != "count"}, "bad_request"),
+        ({k: v for k, v in gift_frame().items() if k != "gift_id"}, "bad_request"),
+        ({k: v for k, v in gift_frame().items() if k != "request_id"}, "bad_request"),
+        (gift_frame(extra=True), "bad_request"),
+        (gift_frame(count=0), "bad_request"),
+        (gift_frame(count=100), "bad_request"),
+        (gift_frame(count=-1), "bad_request"),
+        (gift_frame(count="5"), "bad_request"),
+        (gift_frame(count=5.0), "bad_request"),
+        (gift_frame(count=True), "bad_request"),
+        (gift_frame(count=None), "bad_request"),
+        (gift_frame(gift_id=5), "bad_request"),
+        (gift_frame(gift_id=None), "bad_request"),
+        (gift_frame(gift_id="unicorn"), "unknown_gift"),
+        (gift_frame(gift_id=""), "unknown_gift"),
+        (gift_frame(request_id=""), "bad_request"),
+        (gift_frame(request_id=7), "bad_request"),
+        (gift_frame(request_id="x" * 65), "bad_request"),
+        (gift_frame(request_id="has space"), "bad_request"),
+        (chat_frame(""), "bad_request"),
+        (chat_frame("   "), "bad_request"),
+        (chat_frame("x" * (MAX_CHAT_LENGTH + 1)), "bad_request"),
+        (chat_frame(5), "bad_request"),
+        (chat_frame(None), "bad_request"),
+        (chat_frame("bell\x07"), "bad_request"),
+        ({"type": "chat", "request_id": "c"}, "bad_request"),
+        ({**chat_frame("hi"), "to": "someone"}, "bad_request"),
+    ],
+)
+def test_bad_frames_are_refused_with_a_stable_code(
+    frame: dict[str, Any], code: str, catalog: Catalog
+) -> None:
+    assert refused(dumps(frame), catalog)[0] == code
+
+
+def test_a_refusal_names_the_frames_request_id_when_it_is_valid(catalog: Catalog) -> None:
+    assert refused(dumps(gift_frame(count=0, request_id="mine")), catalog) == (
+        "bad_request",
+        "mine",
+    )
+    assert refused(dumps(gift_frame(gift_id="unicorn", request_id="u1")), catalog) == (
+        "unknown_gift",
+        "u1",
+    )
+    assert refused(dumps(gift_frame(request_id="bad id")), catalog) == ("bad_request", None)
+    assert refused("[]", catalog) == ("bad_request", None)
+
+
+def test_server_frames_are_json_as_designed() -> None:
+    room = {"room_id": "r1", "title": "t", "creator": {"user_id": "u", "name": "n"}}
+    assert orjson.loads(
+        welcome_frame(room=room, seq=4, viewers=2, top=[], you=None, recovered=False)
+    ) == {
+        "type": "welcome",
+        "room": room,
+        "seq": 4,
+        "viewers": 2,
+        "top": [],
+        "you": None,
+        "recovered": False,
+    }
+    assert orjson.loads(ack_frame("r", 97)) == {"type": "ack", "request_id": "r", "coins": 97}
+    assert orjson.loads(error_frame("rate_limited", "slow down", "r")) == {
+        "type": "error",
+        "request_id": "r",
+        "code": "rate_limited",
+        "message": "slow down",
+    }
+    assert orjson.loads(error_frame("bad_request", "no")) == {
+        "type": "error",
+        "request_id": None,
+        "code": "bad_request",
+        "message": "no",
+    }
+    top = [{"user_id": "u", "name": "n", "coins": 3}]
+    assert orjson.loads(room_state_frame(viewers=3, top=top)) == {
+        "type": "room_state",
+        "viewers": 3,
+        "top": top,
+    }
+    assert orjson.loads(PONG) == {"type": "pong"}
+
+
+def test_events_frame_splices_stored_events_without_decoding_them() -> None:
+    stored = [
+        b'{"seq":1,"ts":5,"kind":"chat","from":{"user_id":"u","name":"n"},"text":"\\"kind\\":1"}',
+        b'{"seq":2,"ts":6,"kind":"room_ended"}',
+    ]
+    frame = orjson.loads(events_frame(stored))
+    assert frame == {"type": "events", "events": [orjson.loads(e) for e in stored]}
+    assert [event_seq(e) for e in stored] == [1, 2]
+    assert [event_kind(e) for e in stored] == ["chat", "room_ended"]
+    # Not in the stored layout: decoded the slow way.
+    assert event_seq(b'{"kind":"chat","seq":12}') == 12
+    with pytest.raises(ValueError):
+        event_seq(b'{"kind":"chat"}')
+
+
+def test_token_bucket_allows_the_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate_per_s=20, burst=50, now=100.0)
+    assert all(bucket.take(100.0) for _ in range(50))
+    assert not bucket.take(100.0)
+    assert [bucket.take(100.125) for _ in range(3)] == [True, True, False]  # 2.5 back
+    assert sum(bucket.take(200.0) for _ in range(60)) == 50  # never more than the burst
+    frozen = TokenBucket(rate_per_s=0, burst=2, now=0.0)
+    assert [frozen.take(t) for t in (0.0, 1.0, 1e6)] == [True, True, False]

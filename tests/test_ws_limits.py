@@ -1,0 +1,212 @@
+"""Limits, on servers of their own configured for them: per-connection rate limits answer
+`rate_limited` and never close; history is capped; a reader that never reads is closed
+with 1008 while everyone else keeps receiving everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.accounts import funded, sign_up
+from tests.live_server import LiveServer
+from tests.room_client import (
+    RoomClient,
+    chat,
+    fence,
+    gift,
+    gift_events,
+    live_room,
+    seqs,
+)
+
+
+@pytest.fixture(scope="module")
+def limited_server(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    env = {
+        "GS_GIFT_RATE_PER_S": "0",
+        "GS_GIFT_BURST": "5",
+        "GS_CHAT_RATE_PER_S": "0",
+        "GS_CHAT_BURST": "3",
+        "GS_HISTORY_EVENTS": "10",
+    }
+    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("limited"), env=env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    env = {
+        "GS_SOCKET_QUEUE_FRAMES": "8",
+        "GS_CHAT_RATE_PER_S": "100000",
+        "GS_CHAT_BURST": "100000",
+    }
+    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("smallq"), env=env).start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def client_of(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=15) as http:
+        yield http
+
+
+async def test_gift_and_chat_rate_limits_answer_rate_limited_and_keep_the_connection(
+    limited_server: LiveServer,
+) -> None:
+    async with client_of(limited_server) as http:
+        _, room_id = await live_room(http)
+        fan = await funded(http, "p100")
+        url = limited_server.ws_url
+        client = await RoomClient.open(url, room_id, token=fan.token)
+        try:
+            answers = [await client.request(gift()) for _ in range(7)]
+            assert [a["type"] for a in answers] == ["ack"] * 5 + ["error"] * 2
+            assert {a["code"] for a in answers[5:]} == {"rate_limited"}
+            assert (await http.get("/api/wallet", headers=fan.headers)).json()["coins"] == 95
+
+            lines = [chat(f"line {i}") for i in range(4)]
+            for line in lines:
+                await client.send(line)
+            await client.send({"type": "ping"})
+            await client.until_type("pong")
+            assert lines[3]["request_id"] in client.answers
+            assert client.answers[lines[3]["request_id"]][0]["code"] == "rate_limited"
+            assert not any(line["request_id"] in client.answers for line in lines[:3])
+
+            # Still connected, still served; a new connection has buckets of its own.
+            await client.send({"type": "ping"})
+            assert await client.until_type("pong") == {"type": "pong"}
+            other = await RoomClient.open(url, room_id, token=fan.token)
+            assert (await other.request(gift()))["type"] == "ack"
+            await other.close()
+        finally:
+            await client.close()
+
+
+async def test_a_combo_burst_of_50_gifts_passes(
+    http: httpx.AsyncClient, live_server: LiveServer
+) -> None:
+    _, room_id = await live_room(http)
+    fan = await funded(http, "p100")
+    client = await RoomClient.open(live_server.ws_url, room_id, token=fan.token)
+    try:
+        frames = [gift() for _ in range(50)]
+        for frame in frames:
+            await client.send(frame)
+        answers = [await client.answer(f["request_id"]) for f in frames]
+        assert [a["type"] for a in answers] == ["ack"] * 50
+        await client.until_seq(50)
+        assert [e["combo"] for e in gift_events(client)] == list(range(1, 51))
+    finally:
+        await client.close()
+
+
+async def test_resume_past_the_capped_history_is_not_recovered(
+    limited_server: LiveServer,
+) -> None:
+    async with client_of(limited_server) as http:
+        _, room_id = await live_room(http)
+        fan = await funded(http, "p100")
+        url = limited_server.ws_url
+        for _ in range(3):  # 15 gifts, 5 per connection (the burst)
+            sender = await RoomClient.open(url, room_id, token=fan.token)
+            for _ in range(5):
+                assert (await sender.request(gift()))["type"] == "ack"
+            await sender.close()
+        back = await RoomClient.open(url, room_id, since=0)
+        try:
+            assert back.welcome["recovered"] is False and back.welcome["seq"] == 15
+            await back.until_seq(15)
+            assert seqs(back) == list(range(6, 16))  # the 10 history still holds
+        finally:
+            await back.close()
+
+
+def metric(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return 0.0
+
+
+async def slow_readers_closed(http: httpx.AsyncClient) -> float:
+    return metric((await http.get("/metrics")).text, "giftstream_slow_readers_closed_total")
+
+
+async def keep_reading(client: RoomClient) -> None:
+    while True:
+        await client.read()
+
+
+async def test_a_reader_that_never_reads_is_closed_and_slows_no_one(
+    small_queue_server: LiveServer,
+) -> None:
+    server = small_queue_server
+    async with client_of(server) as http:
+        _, room_id = await live_room(http)
+        url = server.ws_url
+        # A viewer that stops reading at once: a tiny receive buffer, one frame of queue.
+        # Before its server-side queue can fill, the kernel's buffers on both ends (a few
+        # MiB on loopback) fill up: hence a flood of long chat lines.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        slow = await RoomClient.open(url, room_id, sock=sock, max_queue=1)
+        opts: dict[str, Any] = {"max_queue": None}
+        talkers = [await sign_up(http, name=f"Talker{i}") for i in range(4)]
+        senders = [await RoomClient.open(url, room_id, token=t.token, **opts) for t in talkers]
+        good = await RoomClient.open(url, room_id, **opts)
+        before = await slow_readers_closed(http)
+        reader = asyncio.create_task(keep_reading(good))
+        said = 0
+        rounds = 0
+        try:
+
+            async def flood(client: RoomClient, n: int) -> None:
+                for i in range(n):
+                    await client.send(chat(f"{i:04d} " + "x" * 195))
+                # Frames are served in order: the pong means every line was posted.
+                await client.send({"type": "ping"})
+                await client.until_type("pong")
+
+            while await slow_readers_closed(http) == before:
+                rounds += 1
+                assert rounds <= 100, "the never-reading viewer was never closed"
+                async with asyncio.TaskGroup() as tg:
+                    for sender in senders:
+                        tg.create_task(flood(sender, 250))
+                said += 250 * len(senders)
+            assert not any(sender.answers for sender in senders)  # every line was taken
+            last = await fence(senders[0])
+            async with asyncio.timeout(60):
+                while not good.events or max(seqs(good)) < last:
+                    await asyncio.sleep(0.02)
+            # Everyone else received every line, once, in order.
+            assert seqs(good) == list(range(1, last + 1))
+            assert len(good.events) == said + 1
+            # The slow one, once it reads again, finds what was queued and then 1008.
+            assert await slow.closed_with() == 1008
+            assert len(slow.events) < said
+            r = await http.get(f"/api/rooms/{room_id}")
+            assert r.json()["viewers"] == 5
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            for client in (*senders, good, slow):
+                await client.close()
