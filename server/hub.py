@@ -2,8 +2,9 @@
 
 DESIGN section 5. One Redis subscribe connection per process (`RoomChannels`); a room's
 channel is subscribed while this process has at least one viewer in it. Events arriving
-for a room are coalesced for `coalesce_ms`, encoded once per flush, and the same string
-is queued to every local viewer of the room. Each viewer has a bounded queue drained by
+for a room are coalesced, at most one flush per `coalesce_ms` per room (an event after a
+quiet spell goes out at once), encoded once per flush, and the same string is queued to
+every local viewer of the room. Each viewer has a bounded queue drained by
 its own writer (in `ws.py`): queuing never waits, and a viewer whose queue is full is
 dropped from the room and told to close (1008) instead of slowing anyone else.
 
@@ -98,6 +99,7 @@ class LocalRoom:
         self.pending: dict[int, bytes] = {}
         self.delivered_seq: int | None = None
         self.flush_handle: asyncio.TimerHandle | None = None
+        self.last_flush = -1e9
         self.recovering = False
         self.lost_count = 0
         self.recovery: asyncio.Task[None] | None = None
@@ -136,6 +138,12 @@ class RoomHub:
         # Events waiting for a flush, per room, beyond which the hub stops waiting for a
         # recovery to finish (only a Redis that fails for long gets there).
         self._max_pending = 4 * settings.history_events + 1000
+
+    @property
+    def process_id(self) -> str:
+        """Names this process in presence, and its subscribe connection in Redis
+        (`CLIENT LIST`: giftstream-hub-<process_id>)."""
+        return self._process_id
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -271,8 +279,12 @@ class RoomHub:
                 self._flush(room, force=True)
             return
         if room.flush_handle is None:
+            # At most one flush per window: an event after a quiet spell goes out at once
+            # (with whatever arrives in the same loop iteration), later ones wait for the
+            # window to close and share its frame.
             loop = asyncio.get_running_loop()
-            delay = self._settings.coalesce_ms / 1000
+            window = self._settings.coalesce_ms / 1000
+            delay = max(0.0, room.last_flush + window - loop.time())
             room.flush_handle = loop.call_later(delay, self._flush, room)
 
     def _flush(self, room: LocalRoom, *, force: bool = False) -> None:
@@ -280,6 +292,7 @@ class RoomHub:
         if (room.recovering and not force) or not room.pending:
             return
         started = time.perf_counter()
+        room.last_flush = asyncio.get_running_loop().time()
         seqs = sorted(room.pending)
         events = [room.pending[seq] for seq in seqs]
         room.pending.clear()

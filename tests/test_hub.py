@@ -206,7 +206,7 @@ async def test_a_lost_subscription_recovers_missed_events_once_and_in_order(
 
 
 async def kill_hub_connection(services: Services, hub: RoomHub) -> int:
-    name = f"giftstream-hub-{hub._process_id}"
+    name = f"giftstream-hub-{hub.process_id}"
     listing = (await services.redis.execute_command("CLIENT", "LIST", "TYPE", "pubsub")).decode()
     killed = 0
     for line in listing.splitlines():
