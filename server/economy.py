@@ -17,6 +17,7 @@ from importlib import resources
 from server.errors import (
     BadRequest,
     BelowMinimum,
+    Forbidden,
     NoPayoutMethod,
     NotVerified,
     RegionUnavailable,
@@ -176,6 +177,13 @@ def check_recharge_allowed(*, born: dt.date, region: str, today: dt.date, catalo
 
 
 # --- gifts and spending caps -------------------------------------------------
+
+
+def check_gift_allowed(*, sender_id: str, creator_id: str) -> None:
+    """A creator cannot gift their own live: it would only turn their coins into
+    diamonds. `Forbidden` if they try."""
+    if sender_id == creator_id:
+        raise Forbidden("you cannot send gifts to your own live")
 
 
 def gift_total(gift: Gift, count: int) -> int:

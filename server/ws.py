@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from server import metrics
+from server import economy, metrics
 from server.auth import user_from_token
 from server.errors import (
     Forbidden,
@@ -330,6 +330,7 @@ class RoomSession:
         user = self._need_user("send gifts")
         if not self.gift_bucket.take(time.monotonic()):
             raise RateLimited("too many gifts: slow down")
+        economy.check_gift_allowed(sender_id=user.user_id, creator_id=self.creator_id)
         if not self.hub.is_live(self.room_id):
             raise RoomNotLive("this live has ended")
         receipt = await self.svc.gifts.send(

@@ -11,6 +11,7 @@ from server.economy import PaymentOutcome
 from server.errors import (
     BadRequest,
     BelowMinimum,
+    Forbidden,
     NoPayoutMethod,
     NotVerified,
     RegionUnavailable,
@@ -161,3 +162,9 @@ def test_wallet_bucket_is_crc32_mod_buckets() -> None:
     import zlib
 
     assert economy.wallet_bucket("u1", 1024) == zlib.crc32(b"u1") % 1024
+
+
+def test_a_creator_cannot_gift_their_own_live() -> None:
+    economy.check_gift_allowed(sender_id="ua", creator_id="ub")
+    with pytest.raises(Forbidden):
+        economy.check_gift_allowed(sender_id="ua", creator_id="ua")

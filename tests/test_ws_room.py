@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.accounts import Account, funded, sign_up
+from tests.accounts import Account, funded, recharge, sign_up
 from tests.live_server import LiveServer
 from tests.room_client import (
     RoomClient,
@@ -115,6 +115,22 @@ async def test_anonymous_viewers_watch_only(
             assert answer["type"] == "error" and answer["code"] == "unauthorized"
     finally:
         await viewer.close()
+
+
+async def test_a_creator_cannot_gift_their_own_live(
+    http: httpx.AsyncClient, live_server: LiveServer
+) -> None:
+    creator, room_id = await live_room(http)
+    assert (await recharge(http, creator, "p100")).status_code == 200
+    client = await RoomClient.open(live_server.ws_url, room_id, token=creator.token)
+    try:
+        answer = await client.request(gift())
+        assert (answer["type"], answer["code"]) == ("error", "forbidden")
+        assert (await wallet(http, creator))["coins"] == 100
+        await client.send(chat("welcome, everyone"))  # but may chat
+        await client.until_seq(1)
+    finally:
+        await client.close()
 
 
 async def test_200_concurrent_gifts_from_a_wallet_that_affords_37(
