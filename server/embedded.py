@@ -44,10 +44,18 @@ class EmbeddedRedis:
     again on the same folder keeps every balance (the append-only file is replayed).
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, binary: str | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.binary = binary or server_binary()
+        self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
