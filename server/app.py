@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from server import api, metrics, ws
 from server.errors import Refusal
@@ -30,6 +33,18 @@ async def _payout_processor(svc: Services) -> None:
         except Exception as exc:  # noqa: BLE001 - outlives Redis outages
             log.warning("payout round failed: %s", exc)
         await asyncio.sleep(0.5)
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def static_routes() -> list[BaseRoute]:
+    """The browser page: `/` is the lobby, `/static/…` its files (no build step)."""
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return [Route("/", index), Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -72,7 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return api.error_response("internal", "internal error")
 
     return Starlette(
-        routes=[*api.routes, *ws.routes],
+        routes=[*api.routes, *ws.routes, *static_routes()],
         lifespan=lifespan,
         exception_handlers={
             Refusal: on_refusal,
