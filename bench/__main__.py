@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.say(line)
     json_path, md_path = write_reports(out, report, bench.printed)
     print(f"\nreports: {json_path} {md_path}")
-    return 1 if failed is not None else 0
+    return 1 if failed is not None or report.get("errors") else 0
 
 
 if __name__ == "__main__":

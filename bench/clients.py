@@ -158,6 +158,7 @@ class GiftSender(RoomViewer):
         self.last_coins: int | None = None
         self.sent = 0
         self.acked = 0
+        self.held_back = 0
         self.errors: Counter[str] = Counter()
         self.ack_ms: list[float] = []
         self._sent_log: list[tuple[str, float]] = []
@@ -166,7 +167,7 @@ class GiftSender(RoomViewer):
         self._answered: asyncio.Event = asyncio.Event()
 
     def reset_counts(self) -> None:
-        self.sent = self.acked = 0
+        self.sent = self.acked = self.held_back = 0
         self.errors = Counter()
         self.ack_ms = []
         self._sent_log = []
@@ -219,9 +220,13 @@ class GiftSender(RoomViewer):
         self._sent_log.append((request_id, now))
         self.send_text(frame)
 
-    async def run_open_loop(self, *, rate: float, start_at: float, duration: float) -> None:
-        """Send at `rate` gifts/s from `start_at` (monotonic) for `duration` seconds,
-        whatever the answers: the offered load does not bend to the server."""
+    async def run_open_loop(
+        self, *, rate: float, start_at: float, duration: float, max_in_flight: int
+    ) -> None:
+        """Offer a gift every 1/`rate` s from `start_at` (monotonic) for `duration`
+        seconds, whatever the answers, except that a gift due while `max_in_flight` are
+        unanswered is held back (counted in `held_back`): the backlog a server that
+        cannot keep up builds stays bounded, and so does the time it needs to clear it."""
         interval = 1.0 / rate
         n = 0
         while not self.closed.done():
@@ -231,8 +236,11 @@ class GiftSender(RoomViewer):
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self.send_gift()
             n += 1
+            if len(self._in_flight) >= max_in_flight:
+                self.held_back += 1
+            else:
+                self.send_gift()
 
     async def run_closed_loop(self, *, start_at: float, duration: float, timeout: float) -> None:
         """From `start_at`, send a gift, wait for its answer, repeat, for `duration`."""

@@ -5,9 +5,10 @@ per-socket queues or writer tasks. On `broadcast` it builds one events frame eve
 `window_ms` (the same size and number of events as the giftstream frames it is compared
 with), and writes it to every client with `websockets.asyncio.server.broadcast`: encoded
 once, written to all, synchronously. It has no backpressure of its own, so a client whose
-transport already holds `skip_frames` frames' worth of bytes is skipped for that frame
-(the giftstream fan-out drops a reader whose queue is full instead): what is skipped is
-counted, and the clients see it as missing seqs.
+transport already holds `skip_bytes` (at least two frames) is skipped for that frame, as
+uvicorn stops writing to a socket above its 64 KiB high-water mark (the giftstream
+fan-out then queues, and drops a reader whose queue is full): what is skipped is counted,
+and the clients see it as missing seqs.
 
 Commands, one JSON line each on stdin, answered on stdout: `broadcast`, `count`, `quit`.
 """
@@ -79,7 +80,7 @@ class RawBroadcaster:
                 sent_at=time.monotonic(),
             )
             self.seq += events
-            limit = int(cmd["skip_frames"]) * len(frame)
+            limit = max(int(cmd["skip_bytes"]), 2 * len(frame))
             targets = [c for c in self.clients if c.transport.get_write_buffer_size() < limit]
             broadcast(targets, frame)
             written += len(targets)

@@ -113,7 +113,8 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         scaled = storm["room_viewers"] >= STORM_VIEWERS and storm["rate_offered"] >= STORM_RATE
         note = "" if scaled else "below the target's load (5,000 viewers, 1,000 gifts/s)"
         debited = (
-            storm["gifts_sent"]
+            storm["gifts_offered"]
+            == storm["gifts_sent"]
             == storm["gifts_acked"]
             == storm["coins_debited"]
             == storm["room_gift_count_delta"]
@@ -124,8 +125,10 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             _target(
                 "gift storm: every gift debited",
                 cond,
-                f"{storm['gifts_acked']}/{storm['gifts_sent']} acked, {storm['coins_debited']} "
-                f"coins debited, room count +{storm['room_gift_count_delta']}",
+                f"{storm['gifts_sent']}/{storm['gifts_offered']} sent "
+                f"({storm['gifts_held_back']} held back), {storm['gifts_acked']} acked, "
+                f"{storm['coins_debited']} coins debited, room count "
+                f"+{storm['room_gift_count_delta']}",
                 debited,
                 note,
             )

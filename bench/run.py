@@ -104,13 +104,24 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
+        phases = [
+            ("memory and fan-out", self.memory_and_fanout),
+            ("raw ceiling", self.raw_ceiling),
+            ("gifts", self.gifts),
+        ]
+        if self.p.two_processes:
+            phases.append(("two processes", self.two_processes))
         try:
             await self.setup()
-            await self.memory_and_fanout()
-            await self.raw_ceiling()
-            await self.gifts()
-            if self.p.two_processes:
-                await self.two_processes()
+            for name, phase in phases:
+                try:
+                    await phase()
+                except (TimeoutError, ChildFailed, httpx.HTTPError, OSError) as exc:
+                    # One phase failing (or running out of time) does not lose the others.
+                    message = f"{name}: {type(exc).__name__}: {exc}"
+                    self.report.setdefault("errors", []).append(message)
+                    self.say(f"  PHASE FAILED: {message}")
+                    await self.on_clients("close_all", timeout=30)
         finally:
             await self.teardown()
         self.report["seconds"] = round(time.monotonic() - started, 1)
@@ -429,9 +440,9 @@ class Bench:
 
     async def settled_room(self, room_id: str) -> dict[str, Any]:
         """The room's state once its seq stops moving (gifts still in the server's hands
-        are published first), or as it is after `drain_timeout_s`."""
+        are published first), or as it is after a few seconds."""
         state = await self.room_state(room_id)
-        deadline = time.monotonic() + self.p.drain_timeout_s
+        deadline = time.monotonic() + min(8.0, self.p.drain_timeout_s)
         while time.monotonic() < deadline:
             await asyncio.sleep(0.3)
             again = await self.room_state(room_id)
@@ -517,6 +528,7 @@ class Bench:
             timeout=30,
             group="warm-s",
             mode="open",
+            max_in_flight=self.p.max_in_flight,
             rate=10,
             duration=1.0,
             start_at=start_at,
@@ -620,6 +632,7 @@ class Bench:
             timeout=p.step_seconds + p.drain_timeout_s + 30,
             group=senders_group,
             mode="open",
+            max_in_flight=self.p.max_in_flight,
             rate=per_sender,
             duration=p.step_seconds,
             start_at=start_at,
@@ -669,7 +682,9 @@ class Bench:
             "senders": n_senders,
             "per_sender_rate": round(per_sender, 2),
             "duration_s": p.step_seconds,
+            "gifts_offered": round(rate * p.step_seconds),
             "gifts_sent": gifts_sent,
+            "gifts_held_back": sum(s["held_back"] for s in senders),
             "gifts_acked": acked,
             "gift_errors": dict(errors),
             "unanswered": sum(s["unanswered"] for s in senders),
@@ -704,8 +719,15 @@ class Bench:
         lat = step["latency_ms"]
         self.say(
             f"  {rate:>5} gifts/s offered by {n_senders} senders ({per_sender:.1f}/s each) for "
-            f"{p.step_seconds:g} s: acked {acked}/{gifts_sent}"
+            f"{p.step_seconds:g} s: sent {gifts_sent}/{step['gifts_offered']}"
+            + (
+                f" ({step['gifts_held_back']} held back: {p.max_in_flight} unanswered)"
+                if step["gifts_held_back"]
+                else ""
+            )
+            + f", acked {acked}"
             + (f", errors {dict(errors)}" if errors else "")
+            + (f", {step['unanswered']} unanswered" if step["unanswered"] else "")
             + f", debited {debited} coins, room count +{step['room_gift_count_delta']}"
         )
         self.say(
@@ -775,7 +797,7 @@ class Bench:
                 window_ms=20,
                 duration=self.p.step_seconds,
                 start_at=start_at,
-                skip_frames=256,
+                skip_bytes=64 * 1024,
             )
             drained = await self.on_clients(
                 "drain",
@@ -867,6 +889,7 @@ class Bench:
             assert rate is not None
             per = rate / n
             args["rate"] = per
+            args["max_in_flight"] = p.max_in_flight
             args["offsets"] = {
                 a.user_id: (i / n) / per for i, a in enumerate(self._gift_senders[:n])
             }
@@ -899,6 +922,7 @@ class Bench:
             "rate_offered": rate,
             "duration_s": p.gift_seconds,
             "gifts_sent": gifts_sent,
+            "gifts_held_back": sum(s["held_back"] for s in senders),
             "gifts_acked": acked,
             "errors": dict(errors),
             "unanswered": sum(s["unanswered"] for s in senders),
@@ -919,6 +943,11 @@ class Bench:
             f"({result['acked_per_s']}/s), ack p50 {ack['p50']} ms p99 {ack['p99']} ms"
             + (f", errors {dict(errors)}" if errors else "")
             + (f", {result['unanswered']} unanswered" if result["unanswered"] else "")
+            + (
+                f", {result['gifts_held_back']} held back ({p.max_in_flight} unanswered)"
+                if result["gifts_held_back"]
+                else ""
+            )
         )
         self.say("        " + self.cpu_line(usage))
         return result

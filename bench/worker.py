@@ -147,6 +147,7 @@ class ClientWorker:
                             rate=float(cmd["rate"]),
                             start_at=start_at + offset,
                             duration=duration - offset,
+                            max_in_flight=int(cmd["max_in_flight"]),
                         )
                     )
                 else:
@@ -169,6 +170,7 @@ class ClientWorker:
                 {
                     "user_id": sender.user_id,
                     "sent": sender.sent,
+                    "held_back": sender.held_back,
                     "acked": sender.acked,
                     "unanswered": sender.in_flight,
                     "coins_at_welcome": sender.coins_at_welcome,
@@ -266,6 +268,12 @@ class ClientWorker:
                     await client.closed
         return {"closed": len(clients)}
 
+    async def close_all_cmd(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        closed = 0
+        for group in list(self.viewers) + list(self.senders):
+            closed += (await self.close_cmd({"group": group, "timeout_s": 5.0}))["closed"]
+        return {"closed": closed}
+
     async def info_cmd(self, cmd: dict[str, Any]) -> dict[str, Any]:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         loop = type(asyncio.get_running_loop()).__module__
@@ -282,6 +290,7 @@ async def serve(stdin: asyncio.StreamReader, *, max_seconds: float) -> None:
         "drain": worker.drain_cmd,
         "latency": worker.latency_cmd,
         "close": worker.close_cmd,
+        "close_all": worker.close_all_cmd,
         "info": worker.info_cmd,
     }
     out = sys.stdout.buffer
