@@ -34,6 +34,7 @@ from server import metrics
 from server.errors import Unavailable
 from server.protocol import event_kind, event_seq, events_frame, room_state_frame
 from server.settings import Settings
+from server.store.cancellation import reraise_lost_cancellation
 from server.store.channels import RoomChannels
 from server.store.connection import Client
 from server.store.keys import RoomKeys
@@ -175,8 +176,9 @@ class RoomHub:
 
     async def join(self, room_id: str, viewer: Viewer, *, timeout: float = 5.0) -> None:
         """Add `viewer` to the room and return once the room's live events reach this
-        process; they are held for the viewer until `start`. `Unavailable` if Redis does
-        not confirm the subscription within `timeout` seconds (the viewer is then out)."""
+        process (or the viewer was taken out meanwhile: then `start` returns False);
+        they are held for the viewer until `start`. `Unavailable` if Redis does not
+        confirm the subscription within `timeout` seconds (the viewer is then out)."""
         room = self._rooms.get(room_id)
         if room is None:
             room = LocalRoom(room_id)
@@ -231,6 +233,9 @@ class RoomHub:
             room.flush_handle.cancel()
         if room.recovery is not None:
             room.recovery.cancel()
+        if not room.ready.done():
+            # Wake anyone still joining: they are out already, and `start` will say so.
+            room.ready.set_result(None)
         self._channels.unsubscribe(room.channel)
 
     def is_live(self, room_id: str) -> bool:
@@ -376,6 +381,8 @@ class RoomHub:
                     log.warning("room %s: recovery failed (%s); retrying", room.room_id, exc)
                     await asyncio.sleep(0.2)
                     continue
+                finally:
+                    reraise_lost_cancellation()
                 if room.lost_count == lost:
                     break
                 if not self._channels.is_subscribed(room.channel):
@@ -417,6 +424,8 @@ class RoomHub:
                     self._presence_dirty |= due
                     await asyncio.sleep(0.5)
                     break
+                finally:
+                    reraise_lost_cancellation()
 
     async def _room_state_loop(self) -> None:
         interval = self._settings.room_state_interval_ms / 1000
@@ -426,6 +435,7 @@ class RoomHub:
                 await self._send_room_states()
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("room_state round failed (%s)", exc)
+            reraise_lost_cancellation()
 
     async def _send_room_states(self) -> None:
         rooms = [room for room in self._rooms.values() if room.state_sent is not None]

@@ -47,6 +47,7 @@ from server.protocol import (
 )
 from server.rate_limit import TokenBucket
 from server.services import Services
+from server.store.cancellation import reraise_lost_cancellation
 from server.store.gifts import GiftOrder
 from server.store.wallets import Profile
 
@@ -285,6 +286,7 @@ class RoomSession:
             if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
                 return CLOSE_TOO_BIG
             await self._handle(viewer, text)
+            reraise_lost_cancellation()
 
     async def _handle(self, viewer: Viewer, text: str) -> None:
         request_id: str | None = None

@@ -270,3 +270,25 @@ async def test_events_held_for_a_joining_viewer_come_after_its_welcome(
     assert await next_frame(viewer) == "WELCOME"
     events = events_of(await frames_until(viewer, up_to(said[-1] + 1)))
     assert [e["text"] for e in events] == ["early 1", "early 2", "late"]
+
+
+async def test_leaving_and_joining_at_once_keeps_the_room_subscribed(
+    hub: RoomHub, services: Services
+) -> None:
+    room_id = await new_room(services)
+    for i in range(30):
+        first = hub.viewer(None)
+        joining = asyncio.create_task(hub.join(room_id, first))
+        if i % 2:
+            await joining  # subscribed, then unsubscribed and subscribed again at once
+            hub.leave(room_id, first)
+        else:
+            await asyncio.sleep(0)  # leaves while its SUBSCRIBE is still on the way
+            hub.leave(room_id, first)
+            await joining
+        viewer = await watch(hub, services, room_id)
+        seq = await say(services, room_id, f"round {i}")
+        assert [e["text"] for e in events_of(await frames_until(viewer, up_to(seq)))] == [
+            f"round {i}"
+        ]
+        hub.leave(room_id, viewer)

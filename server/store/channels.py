@@ -25,6 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from server.store.cancellation import reraise_lost_cancellation
 from server.store.connection import Client
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,12 @@ class RoomChannels:
             conn = self._new_connection()
             try:
                 await conn.connect()
+                reraise_lost_cancellation()
                 backoff = self._min_backoff_s
                 await self._serve(conn)
-            except* (RedisError, OSError, EOFError, _Stale) as group:
-                log.warning(
-                    "room channels: connection lost (%s); reconnecting", group.exceptions[0]
-                )
-            except* Exception:
+            except (RedisError, OSError, EOFError, _Stale) as exc:
+                log.warning("room channels: connection lost (%s); reconnecting", exc)
+            except Exception:
                 # A bug must not end the fan-out of the whole process: log it, start over.
                 log.exception("room channels: unexpected error; reconnecting")
             finally:
@@ -159,10 +159,23 @@ class RoomChannels:
             link.send(b"SUBSCRIBE", *channels)
         self._link = link
         self.connected.set()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._write(link))
-            tg.create_task(self._read(link))
-            tg.create_task(self._watch(link))
+        # Not a TaskGroup: on Python 3.11 one whose child fails leaves this task marked
+        # as cancelling, which `reraise_lost_cancellation` would then take at its word.
+        tasks = {
+            asyncio.create_task(self._write(link), name="channels-write"),
+            asyncio.create_task(self._read(link), name="channels-read"),
+            asyncio.create_task(self._watch(link), name="channels-watch"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        for task in done:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
+        raise _Stale("the connection's tasks ended")
 
     async def _write(self, link: _Link) -> None:
         while True:
@@ -170,6 +183,7 @@ class RoomChannels:
             # check_health=False: a health check would read a reply in this task while the
             # reader task owns every read.
             await link.conn.send_command(*command, check_health=False)
+            reraise_lost_cancellation()
 
     async def _watch(self, link: _Link) -> None:
         loop = asyncio.get_running_loop()
@@ -192,6 +206,7 @@ class RoomChannels:
             except ResponseError as exc:
                 log.warning("room channels: redis refused a command: %s", exc)
                 continue
+            reraise_lost_cancellation()
             link.last_read = loop.time()
             if not isinstance(reply, list) or len(reply) < 2:
                 continue  # PONG outside subscribe mode
