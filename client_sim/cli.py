@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"client_sim: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # during setup; once viewers run, Ctrl-C stops them gracefully
+        print("client_sim: interrupted", file=sys.stderr)
+        return 130
     print(summary.render(), flush=True)
     if args.summary_json is not None:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ port, configured only through its environment (GS_PORT, GS_WORKERS, REDIS_URL, .
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import psutil
 
 
 class ServerStartError(Exception):
@@ -84,15 +86,26 @@ class ServerProcess:
         raise ServerStartError(f"the server did not answer /healthz in {timeout_s:g} s")
 
     def stop(self, *, stop_timeout_s: float = 15.0) -> None:
+        """SIGTERM and wait; SIGKILL what is left after `stop_timeout_s`, worker processes
+        included (a supervisor that dies first must not leave them running)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(stop_timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=5.0)
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(alive, timeout=5.0)
 
     def __enter__(self) -> ServerProcess:
         self.start()
