@@ -135,6 +135,7 @@ async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
                             # Hundreds of handshakes at once are a thundering herd, not a crowd.
                             tasks.create_task(viewer.run(start_after_s=i / config.connects_per_s))
                         ticker = tasks.create_task(_tick(feed, stats, config.status_every_s))
+                        lag_watch = tasks.create_task(_watch_loop_lag(stats))
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(config.duration_s):
                                 await leave.wait()
@@ -142,6 +143,7 @@ async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
                         for viewer in viewers:
                             viewer.leave()
                         ticker.cancel()
+                        lag_watch.cancel()
                         loop = asyncio.get_running_loop()
                         closing.reschedule(loop.time() + config.plan.drain_s + 15.0)
             except TimeoutError:
@@ -163,6 +165,16 @@ async def _tick(feed: LiveFeed, stats: SimStats, every_s: float) -> None:
             f"{stats.connected_now} connected, {stats.gifts_acked} gifts acked, "
             f"{sum(stats.events_received.values())} events received"
         )
+
+
+async def _watch_loop_lag(stats: SimStats, *, every_s: float = 0.1) -> None:
+    """How late the bot's own event loop runs: when it is busy, every latency it measures
+    includes its own delay, and the summary says so."""
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + every_s
+        await asyncio.sleep(every_s)
+        stats.loop_lag.record(max(0.0, loop.time() - expected))
 
 
 async def _rooms(

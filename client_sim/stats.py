@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+SATURATED_LAG_S = 0.050
 # Bucket width: each bucket is 2% wider than the one below, so a percentile read from the
 # histogram is within 2% of the true value, in constant memory however many samples.
 _GROWTH = 1.02
@@ -90,6 +91,14 @@ class SimStats:
     broadcast_unmatched: int = 0
     ack_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     broadcast_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # The bot's own event-loop delay: a busy bot adds it to every latency above.
+    loop_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    @property
+    def saturated(self) -> bool:
+        """The bot itself was the bottleneck: its loop ran over 50 ms late at p95."""
+        p95 = self.loop_lag.percentile(95)
+        return p95 is not None and p95 > SATURATED_LAG_S
 
     def connected(self) -> None:
         self.connected_now += 1
@@ -143,6 +152,8 @@ class Summary:
                 **s.broadcast_latency.summary_ms(),
                 "unmatched": s.broadcast_unmatched,
             },
+            "bot_loop_lag_ms": s.loop_lag.summary_ms(),
+            "bot_saturated": s.saturated,
         }
 
     def render(self) -> str:
@@ -167,6 +178,12 @@ class Summary:
             + _latency_line(s.broadcast_latency)
             + f", {s.broadcast_unmatched} unmatched",
         ]
+        lines.append("  loop lag   " + _latency_line(s.loop_lag))
+        if s.saturated:
+            lines.append(
+                "  WARNING    the bot was CPU-bound: the latencies above include its own "
+                "delay; run fewer viewers per process (or several processes)"
+            )
         if s.signup_failures or s.recharge_failures:
             lines.append(
                 f"  setup      signup failures{_codes(s.signup_failures) or ' 0'}, "
