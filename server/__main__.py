@@ -10,8 +10,10 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -30,6 +32,10 @@ def _dev_secret(data_dir: Path) -> str:
     path.write_text(secret)
     path.chmod(0o600)
     return secret
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def main() -> int:
@@ -60,6 +66,9 @@ def main() -> int:
             f"(data in {embedded.data_dir})",
             flush=True,
         )
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with this handler in
+    # place that becomes SystemExit, so the `finally` below still stops the embedded Redis.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             "server.app:create_app",
