@@ -221,6 +221,7 @@ async def measure(run: Run, ws_url: str, http_url: str) -> None:
         asyncio.create_task(watch(conn, run.arrived[i], run, i))
         for i, conn in enumerate(viewer_conns)
     ]
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -248,6 +249,10 @@ async def measure(run: Run, ws_url: str, http_url: str) -> None:
         f"Python {platform.python_version()}; client, server and Redis on one machine, loopback"
     )
     print(
+        f"  1-minute load average {load_before:.2f} before the run, "
+        f"{os.getloadavg()[0]:.2f} after (other work on this machine shows here)"
+    )
+    print(
         f"  server: 1 process x {run.workers} worker(s), coalesce window "
         f"{run.coalesce_ms if run.coalesce_ms is not None else 'default (20)'} ms, "
         "no per-message compression"
@@ -261,6 +266,12 @@ async def measure(run: Run, ws_url: str, http_url: str) -> None:
         f"  frames per viewer: {statistics.mean(run.frames):.0f} "
         f"({len(run.sent_at) / statistics.mean(run.frames):.1f} gifts per frame)"
     )
+    achieved = len(run.sent_at) / sending
+    if achieved < 0.95 * run.rate:
+        print(
+            f"  WARNING: {achieved:.0f} gifts/s of {run.rate:.0f} asked: the server (or this "
+            "machine) did not keep up, so the figures below include queueing"
+        )
     print(describe("send -> each viewer's socket", delivery))
     print(describe("send -> the last viewer's socket", last_viewer))
     print(describe("send -> ack", acks))
