@@ -121,8 +121,11 @@ class LineProcess:
                 line = await self.proc.stdout.readline()
                 if not line:
                     break
-                reply = orjson.loads(line)
-                rid = int(reply.get("id", -1))
+                try:
+                    reply = orjson.loads(line)
+                    rid = int(reply.get("id", -1))
+                except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                    continue  # not a reply (a stray print): ignored
                 if rid == 0 and self.greeting is not None and not self.greeting.done():
                     self.greeting.set_result(reply)
                     continue
@@ -184,6 +187,31 @@ class LineProcess:
                 self._reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._reader
+
+
+async def run_to_end(
+    args: list[str], *, name: str, fleet: Fleet, log_path: Path, timeout: float
+) -> int:
+    """Run a command in its own session, output to `log_path`, and wait for it to end
+    (its group is killed after `timeout` seconds, and on any way out). Its exit code."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    fleet.add(proc.pid, name)
+    try:
+        async with asyncio.timeout(timeout):
+            return await proc.wait()
+    finally:
+        _kill_group(proc.pid)
+        if proc.returncode is None:
+            await proc.wait()
+        fleet.discard(proc.pid)
 
 
 class ServerProcess:

@@ -21,7 +21,7 @@ class Profile:
     # A sender offers at most this many gifts/s (the server's default limit is 20/s),
     # and holds a gift back while this many of its gifts are unanswered.
     sender_rate: float = 15.0
-    max_in_flight: int = 20
+    max_in_flight: int = 10
     # Gifts: closed-loop senders (each sends its next gift when the last is answered),
     # spread over `gift_rooms` rooms; then `gift_open_rate` gifts/s offered open loop.
     gift_senders: tuple[int, ...]
@@ -43,11 +43,11 @@ FULL = Profile(
     fanout_viewers=(5000, 1000),
     fanout_rates=(50, 200, 1000),
     timed_viewers=50,
-    step_seconds=6.0,
+    step_seconds=5.0,
     gift_senders=(1, 50, 500),
     gift_rooms=100,
     gift_open_rate=5000,
-    gift_seconds=6.0,
+    gift_seconds=5.0,
     drain_timeout_s=15.0,
     max_seconds=540.0,
 )

@@ -44,6 +44,7 @@ from bench.processes import (
     ServerProcess,
     fd_limits,
     rss_bytes,
+    run_to_end,
 )
 from bench.profiles import Profile
 from bench.report import percentiles, summarize_collapsed
@@ -116,7 +117,7 @@ class Bench:
             for name, phase in phases:
                 try:
                     await phase()
-                except (TimeoutError, ChildFailed, httpx.HTTPError, OSError) as exc:
+                except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
                     # One phase failing (or running out of time) does not lose the others.
                     message = f"{name}: {type(exc).__name__}: {exc}"
                     self.report.setdefault("errors", []).append(message)
@@ -472,44 +473,40 @@ class Bench:
             return None
 
         async def record() -> None:
-            outputs = []
+            runs = []
             for server in self.servers:
                 path = self.out / f"py-spy-{label}-{server.name}.txt"
-                proc = LineProcess(
-                    f"py-spy-{server.name}",
-                    [
-                        binary,
-                        "record",
-                        "--pid",
-                        str(server.pid),
-                        "--duration",
-                        str(max(1, int(seconds))),
-                        "--rate",
-                        "100",
-                        "--nonblocking",
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(path),
-                    ],
-                    fleet=self.fleet,
-                    log_path=self.logs / "py-spy.log",
-                )
-                await proc.start()
-                outputs.append((server.name, proc, path))
-            for name, proc, path in outputs:
-                assert proc.proc is not None
-                try:
-                    async with asyncio.timeout(seconds + 20):
-                        await proc.proc.wait()
-                finally:
-                    await proc.stop(grace=1)
+                args = [
+                    binary, "record", "--pid", str(server.pid),
+                    "--duration", str(max(1, int(seconds))), "--rate", "100",
+                    "--nonblocking", "--format", "raw", "--output", str(path),
+                ]  # fmt: skip
+                runs.append((server.name, path, args))
+            async with asyncio.TaskGroup() as tg:
+                for name, _, args in runs:
+                    tg.create_task(
+                        run_to_end(
+                            args,
+                            name=f"py-spy-{name}",
+                            fleet=self.fleet,
+                            log_path=self.logs / "py-spy.log",
+                            timeout=seconds + 20,
+                        )
+                    )
+            for name, path, _ in runs:
                 if path.exists():
                     self.report.setdefault("profiles", {})[f"{label} {name}"] = summarize_collapsed(
                         path.read_text()
                     )
 
-        return asyncio.create_task(record(), name=f"py-spy-{label}")
+        async def guarded() -> None:
+            # A profile that cannot be taken costs the profile, not the measurement.
+            try:
+                await record()
+            except Exception as exc:  # noqa: BLE001
+                self.say(f"  (py-spy failed: {type(exc).__name__}: {exc})")
+
+        return asyncio.create_task(guarded(), name=f"py-spy-{label}")
 
     # --- 1 + 2: memory and fan-out ------------------------------------------------------
 
@@ -770,9 +767,11 @@ class Bench:
         async with asyncio.timeout(30):
             if await self.raw.greeting is None:
                 raise ChildFailed(f"the raw server exited at start, see {self.raw.log_path}")
+        soft, hard = fd_limits(self.raw.pid)
+        self.report["conditions"]["fd_limit"]["raw"] = {"soft": soft, "hard": hard}
         self.say(
             "RAW CEILING: bare websockets server (asyncio, uvloop, broadcast(): encoded once, "
-            "written to all), same frames, same window, same clients"
+            f"written to all; fd limit {soft}/{hard}), same frames, same window, same clients"
         )
         self.report["raw"] = []
         for viewers in self.p.fanout_viewers:
@@ -1003,12 +1002,15 @@ class Bench:
         )
         self.servers.append(second)
         await second.start()
+        soft, hard = fd_limits(second.pid)
+        self.report["conditions"]["fd_limit"]["server-b"] = {"soft": soft, "hard": hard}
         ports = [s.port for s in self.servers]
         viewers = max(self.p.fanout_viewers)
         rate = max(self.p.fanout_rates)
         self.say(
             f"TWO PROCESSES: two `python -m server` processes (ports {ports[0]}, {ports[1]}) "
-            "sharing the Redis; viewers and senders split evenly between them"
+            f"sharing the Redis (fd limit {soft}/{hard}); viewers and senders split evenly "
+            "between them"
         )
         room_id = await self.create_room("two processes")
         connected = await self.connect_viewers("two", room_id, viewers, ports=ports)
