@@ -45,6 +45,7 @@ class RoomViewer(WebSocketClient):
         super().__init__(host=host, port=port, path=path)
         self.welcomed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.next_seq = 0
+        self.mark_seq = 0
         self.missing = 0
         self.duplicates = 0
         self.frames = 0
@@ -55,6 +56,7 @@ class RoomViewer(WebSocketClient):
         self.other_frames = 0
 
     def mark(self) -> None:
+        self.mark_seq = self.next_seq
         self.missing = self.duplicates = self.frames = self.events = self.bytes = 0
         self.first_at = self.last_at = 0.0
         self.other_frames = 0

@@ -137,13 +137,14 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             storm["missing"] == 0
             and storm["duplicates"] == 0
             and storm["viewers_complete"] == storm["room_viewers"]
-            and storm["events_delivered"] == storm["events_expected"]
+            and storm["events_delivered_to_final_seq"] == storm["events_expected"]
         )
         out.append(
             _target(
                 "gift storm: every gift event delivered to every viewer",
                 cond,
-                f"{storm['events_delivered']}/{storm['events_expected']} events, missing "
+                f"{storm['events_delivered_to_final_seq']}/{storm['events_expected']} events "
+                f"up to the final seq, missing "
                 f"{storm['missing']}, duplicates {storm['duplicates']}, "
                 f"{storm['viewers_complete']}/{storm['room_viewers']} viewers complete",
                 delivered,

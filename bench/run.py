@@ -692,6 +692,7 @@ class Bench:
             "events_published": int(after["seq"]) - int(before["seq"]),
             "events_expected": (int(after["seq"]) - int(before["seq"])) * viewers,
             "events_delivered": events,
+            "events_delivered_to_final_seq": sum(d["events_to_final"] for d in drained),
             "events_per_s": round(events / span),
             "frames": frames,
             "frames_per_s": round(frames / span),
@@ -727,8 +728,12 @@ class Bench:
             + (f", {step['unanswered']} unanswered" if step["unanswered"] else "")
             + f", debited {debited} coins, room count +{step['room_gift_count_delta']}"
         )
+        late = events - step["events_delivered_to_final_seq"]
         self.say(
-            f"        delivered {events}/{step['events_expected']} events "
+            f"        delivered {step['events_delivered_to_final_seq']}/{step['events_expected']}"
+            " events up to the room's final seq"
+            + (f" (+{late} published after it was read)" if late > 0 else "")
+            + f"; {events} events "
             f"({step['events_per_s']}/s) in {frames} frames ({step['frames_per_s']}/s, "
             f"{step['events_per_frame']} events/frame, {step['frame_bytes_avg']} B/frame) "
             f"over {span:.1f} s; missing {step['missing']}, duplicates {step['duplicates']}, "

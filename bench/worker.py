@@ -205,11 +205,14 @@ class ClientWorker:
                 break
             await asyncio.sleep(0.05)
         closed: Counter[str] = Counter()
-        missing = duplicates = frames = events = size = complete = 0
+        missing = duplicates = frames = events = size = complete = to_final = 0
         first_at = float("inf")
         last_at = 0.0
         for v in viewers:
             tail = max(0, final_seq + 1 - v.next_seq)
+            # The seqs from the mark to `final_seq` this viewer has reached (events published
+            # after `final_seq` was read are counted in `events`, not here).
+            to_final += max(0, min(v.next_seq - 1, final_seq) - v.mark_seq + 1)
             missing += v.missing + tail
             duplicates += v.duplicates
             if v.missing == 0 and tail == 0 and v.duplicates == 0:
@@ -230,6 +233,7 @@ class ClientWorker:
             "closed": dict(closed),
             "frames": frames,
             "events": events,
+            "events_to_final": to_final,
             "bytes": size,
             "first_at": first_at if frames else None,
             "last_at": last_at if frames else None,
