@@ -223,7 +223,7 @@ class Bench:
             "server_processes": 1,
             "server_env": shown_env,
             "coalesce_ms": 20,
-            "socket_queue_frames": 256,
+            "socket_buffer_bytes": 1024 * 1024,
             "host": "127.0.0.1 only",
         }
         c = self.report["conditions"]

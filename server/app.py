@@ -11,12 +11,14 @@ from pathlib import Path
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server import api, metrics, ws
+from server.direct import DirectWrites
 from server.errors import Refusal
 from server.hub import RoomHub
 from server.services import Services
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[*api.routes, *ws.routes, *static_routes()],
         lifespan=lifespan,
+        middleware=[Middleware(DirectWrites)],
         exception_handlers={
             Refusal: on_refusal,
             RedisConnectionError: on_redis_down,

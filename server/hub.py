@@ -3,10 +3,11 @@
 DESIGN section 5. One Redis subscribe connection per process (`RoomChannels`); a room's
 channel is subscribed while this process has at least one viewer in it. Events arriving
 for a room are coalesced, at most one flush per `coalesce_ms` per room (an event after a
-quiet spell goes out at once), encoded once per flush, and the same string is queued to
-every local viewer of the room. Each viewer has a bounded queue drained by
-its own writer (in `ws.py`): queuing never waits, and a viewer whose queue is full is
-dropped from the room and told to close (1008) instead of slowing anyone else.
+quiet spell goes out at once), encoded once per flush, and the same bytes are offered to
+every local viewer of the room: written straight into its socket (`DirectViewer`), or,
+under a server that allows no such thing, queued for its writer task (`QueuedViewer`).
+Offering never waits; each socket's unsent frames are bounded, and a viewer past the
+bound is dropped from the room and told to close (1008) instead of slowing anyone else.
 
 Ordering and exactly-once: events carry the room's `seq`. Per room the hub keeps the
 highest seq it has queued and drops anything at or below it, so an event is queued at
@@ -31,8 +32,9 @@ import time
 from typing import Any
 
 from server import metrics
+from server.direct import DirectSocket
 from server.errors import Unavailable
-from server.protocol import event_kind, event_seq, events_frame, room_state_frame
+from server.protocol import Outgoing, event_kind, event_seq, events_frame, room_state_frame
 from server.settings import Settings
 from server.store.cancellation import reraise_lost_cancellation
 from server.store.channels import RoomChannels
@@ -47,31 +49,33 @@ RoomState = tuple[int, list[dict[str, Any]]]
 
 
 class Viewer:
-    """One local socket in one room, as the hub sees it: a bounded queue of frames.
+    """One local socket in one room, as the hub sees it.
 
-    `overflowed` is set once the queue was full when a frame was due: the socket must
-    then be closed (1008); the hub has already stopped queuing to it.
+    `offer` hands it a frame without waiting. Each socket's unsent frames are bounded by
+    `limit_bytes`: a frame offered past that is refused, `overflowed` is set, and the
+    socket must then be closed (1008); the hub has already stopped offering to it.
     """
 
-    def __init__(self, *, user_id: str | None, queue_frames: int, max_held_events: int) -> None:
+    def __init__(self, *, user_id: str | None, limit_bytes: int, max_held_events: int) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_frames)
         self.overflowed = asyncio.Event()
         # The seq the viewer has been shown up to; None until `RoomHub.start`.
         self.floor: int | None = None
+        self._limit = limit_bytes
         self._held: list[tuple[int, bytes]] = []
         self._max_held = max_held_events
 
-    def offer(self, frame: str) -> bool:
-        """Queue `frame` without waiting; False (and `overflowed` set) if it did not fit."""
+    def offer(self, frame: Outgoing) -> bool:
+        """Pass `frame` on without waiting; False (and `overflowed` set) if it did not fit."""
         if self.overflowed.is_set():
             return False
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self.overflowed.set()
-            return False
-        return True
+        if self._put(frame):
+            return True
+        self.overflowed.set()
+        return False
+
+    def _put(self, frame: Outgoing) -> bool:
+        raise NotImplementedError
 
     def hold(self, seqs: list[int], events: list[bytes]) -> bool:
         if len(self._held) + len(events) > self._max_held:
@@ -85,6 +89,40 @@ class Viewer:
         self.floor = floor
         held, self._held = self._held, []
         return [event for seq, event in held if seq > floor]
+
+
+class DirectViewer(Viewer):
+    """Frames go straight into the socket's transport (`server.direct`); its write buffer
+    is the bounded queue."""
+
+    def __init__(self, socket: DirectSocket, **options: Any) -> None:
+        super().__init__(**options)
+        self.socket = socket
+
+    def _put(self, frame: Outgoing) -> bool:
+        return self.socket.write(frame, limit_bytes=self._limit)
+
+
+class QueuedViewer(Viewer):
+    """Frames wait in a queue, bounded by their bytes, for the socket's own writer task
+    (`next_frame`): for servers that give no direct access to the socket."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.queue: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.queued_bytes = 0
+
+    def _put(self, frame: Outgoing) -> bool:
+        if self.queued_bytes >= self._limit:
+            return False
+        self.queue.put_nowait(frame)
+        self.queued_bytes += len(frame.data)
+        return True
+
+    async def next_frame(self) -> Outgoing:
+        frame = await self.queue.get()
+        self.queued_bytes -= len(frame.data)
+        return frame
 
 
 class LocalRoom:
@@ -166,13 +204,18 @@ class RoomHub:
 
     # --- viewers ----------------------------------------------------------------------
 
-    def viewer(self, user_id: str | None) -> Viewer:
+    def viewer(self, user_id: str | None, socket: DirectSocket | None = None) -> Viewer:
+        """A viewer that writes to `socket` directly, or (without one) queues its frames
+        for a writer task."""
         s = self._settings
-        return Viewer(
-            user_id=user_id,
-            queue_frames=s.socket_queue_frames,
-            max_held_events=s.history_events + 1000,
-        )
+        options: dict[str, Any] = {
+            "user_id": user_id,
+            "limit_bytes": s.socket_buffer_bytes,
+            "max_held_events": s.history_events + 1000,
+        }
+        if socket is not None:
+            return DirectViewer(socket, **options)
+        return QueuedViewer(**options)
 
     async def join(self, room_id: str, viewer: Viewer, *, timeout: float = 5.0) -> None:
         """Add `viewer` to the room and return once the room's live events reach this
@@ -198,7 +241,7 @@ class RoomHub:
             raise
 
     def start(
-        self, room_id: str, viewer: Viewer, frames: list[str], *, floor: int, state: RoomState
+        self, room_id: str, viewer: Viewer, frames: list[Outgoing], *, floor: int, state: RoomState
     ) -> bool:
         """Queue `frames` (welcome, then history) to a joined viewer, then the events held
         for it above `floor`, and from now on live events. `state` is what its welcome
@@ -211,7 +254,7 @@ class RoomHub:
                 self._drop_slow(room, viewer)
                 return False
         held = viewer.release(floor)
-        if held and not viewer.offer(events_frame(held)):
+        if held and not viewer.offer(Outgoing(events_frame(held))):
             self._drop_slow(room, viewer)
             return False
         if room.state_sent is None:
@@ -303,7 +346,7 @@ class RoomHub:
         room.pending.clear()
         room.delivered_seq = seqs[-1]
         first, last = seqs[0], seqs[-1]
-        shared: str | None = None
+        shared: Outgoing | None = None
         frames = 0
         sent_bytes = 0
         for viewer in list(room.viewers):
@@ -316,14 +359,16 @@ class RoomHub:
                 continue
             if floor < first:
                 if shared is None:
-                    shared = events_frame(events)
+                    shared = Outgoing(events_frame(events))
                 frame = shared
             else:
                 # Only for a viewer whose history overlapped this flush.
-                frame = events_frame([e for s, e in zip(seqs, events, strict=True) if s > floor])
+                frame = Outgoing(
+                    events_frame([e for s, e in zip(seqs, events, strict=True) if s > floor])
+                )
             if viewer.offer(frame):
                 frames += 1
-                sent_bytes += len(frame)
+                sent_bytes += len(frame.data)
             else:
                 self._drop_slow(room, viewer)
         metrics.BROADCAST_FRAMES.inc(frames)
@@ -454,7 +499,7 @@ class RoomHub:
             if state == room.state_sent or self._rooms.get(room.room_id) is not room:
                 continue
             room.state_sent = state
-            frame = room_state_frame(viewers=state[0], top=state[1])
+            frame = Outgoing(room_state_frame(viewers=state[0], top=state[1]))
             for viewer in list(room.viewers):
                 if viewer.floor is not None and not viewer.offer(frame):
                     self._drop_slow(room, viewer)

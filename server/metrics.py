@@ -19,6 +19,12 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 CONNECTIONS_OPEN = Gauge(
     "giftstream_connections_open", "Open WebSocket connections", multiprocess_mode="livesum"
 )
+SOCKETS_ACCEPTED = Counter(
+    "giftstream_sockets_accepted",
+    "Room sockets by how room frames reach them: written directly into the socket "
+    "(writer=direct) or through a writer task (writer=queued)",
+    ["writer"],
+)
 ROOMS_LIVE = Gauge(
     "giftstream_rooms_live",
     "Live rooms (read from Redis at scrape time)",
@@ -36,11 +42,12 @@ DIAMONDS_CASHED_OUT = Counter(
     "giftstream_diamonds_cashout_requested", "Diamonds locked for cash-out requests"
 )
 BROADCAST_FRAMES = Counter(
-    "giftstream_broadcast_frames", "Frames queued to viewers' sockets by the fan-out"
+    "giftstream_broadcast_frames", "Frames passed to viewers' sockets by the fan-out"
 )
-BROADCAST_BYTES = Counter("giftstream_broadcast_bytes", "Bytes queued to viewers' sockets")
+BROADCAST_BYTES = Counter("giftstream_broadcast_bytes", "Bytes passed to viewers' sockets")
 SLOW_READERS_CLOSED = Counter(
-    "giftstream_slow_readers_closed", "Sockets closed with 1008 because their queue was full"
+    "giftstream_slow_readers_closed",
+    "Sockets closed with 1008 because they held too many unsent bytes",
 )
 REDIS_ERRORS = Counter("giftstream_redis_errors", "Requests or frames that failed on Redis")
 GIFT_ACK_SECONDS = Histogram(
@@ -50,7 +57,7 @@ GIFT_ACK_SECONDS = Histogram(
 )
 FANOUT_FLUSH_SECONDS = Histogram(
     "giftstream_fanout_flush_seconds",
-    "Time to encode and queue one coalesced flush of a room",
+    "Time to encode one coalesced flush of a room and pass it to its viewers",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 

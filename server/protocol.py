@@ -4,8 +4,9 @@ server frames built and encoded with orjson.
 Pure: no asyncio, no Redis, no sockets. A client frame either decodes to one of
 `GiftFrame`, `ChatFrame`, `PingFrame`, or raises `FrameRejected` carrying the `Refusal`
 to answer with (its stable code) and the frame's `request_id` when it named a usable one.
-Server frames are returned as `str`, the payload of one text frame, encoded once: the
-fan-out sends the same string to every viewer of a room.
+Server frames are returned as `bytes`, the UTF-8 payload of one text frame, encoded once;
+`Outgoing` carries one on its way to sockets and builds the WebSocket frame around it at
+most once, so the fan-out writes the very same bytes to every viewer of a room.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import orjson
+from websockets.frames import Frame, Opcode
 
 from server.economy import MAX_CHAT_LENGTH, MAX_COMBO, Catalog, Gift
 from server.errors import BadRequest, Refusal, UnknownGift
@@ -151,8 +153,26 @@ def _chat(obj: Mapping[str, Any], request_id: str | None) -> ChatFrame:
 # --- server frames -------------------------------------------------------------------
 
 
-def encode(frame: Mapping[str, Any]) -> str:
-    return orjson.dumps(frame).decode()
+class Outgoing:
+    """A server frame on its way to one socket or many: `data`, the JSON payload, and
+    `wire`, the whole unmasked WebSocket text frame that carries it, built on first use
+    and then shared by every socket it is written to."""
+
+    __slots__ = ("data", "_wire")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = Frame(Opcode.TEXT, self.data).serialize(mask=False)
+        return self._wire
+
+
+def encode(frame: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(frame)
 
 
 def welcome_frame(
@@ -163,7 +183,7 @@ def welcome_frame(
     top: Sequence[Mapping[str, Any]],
     you: Mapping[str, Any] | None,
     recovered: bool,
-) -> str:
+) -> bytes:
     return encode(
         {
             "type": "welcome",
@@ -181,21 +201,21 @@ _EVENTS_HEAD = b'{"type":"events","events":['
 _EVENTS_TAIL = b"]}"
 
 
-def events_frame(events: Sequence[bytes]) -> str:
+def events_frame(events: Sequence[bytes]) -> bytes:
     """One `events` frame from room events as stored (each already a JSON object with its
     seq): spliced, not decoded and encoded again."""
-    return (_EVENTS_HEAD + b",".join(events) + _EVENTS_TAIL).decode()
+    return _EVENTS_HEAD + b",".join(events) + _EVENTS_TAIL
 
 
-def room_state_frame(*, viewers: int, top: Sequence[Mapping[str, Any]]) -> str:
+def room_state_frame(*, viewers: int, top: Sequence[Mapping[str, Any]]) -> bytes:
     return encode({"type": "room_state", "viewers": viewers, "top": top})
 
 
-def ack_frame(request_id: str, coins: int) -> str:
+def ack_frame(request_id: str, coins: int) -> bytes:
     return encode({"type": "ack", "request_id": request_id, "coins": coins})
 
 
-def error_frame(code: str, message: str, request_id: str | None = None) -> str:
+def error_frame(code: str, message: str, request_id: str | None = None) -> bytes:
     return encode({"type": "error", "request_id": request_id, "code": code, "message": message})
 
 

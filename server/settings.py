@@ -77,7 +77,9 @@ class Settings:
     sweep_min_age_ms: int = 3000
     # Rooms and fan-out.
     coalesce_ms: int = 20
-    socket_queue_frames: int = 256
+    # What a socket may hold unsent before its reader counts as too slow and is closed
+    # (1008): about four seconds of a busy room's frames.
+    socket_buffer_bytes: int = 1024 * 1024
     max_frame_bytes: int = 64 * 1024
     history_events: int = 1000
     presence_ttl_s: int = 10
@@ -137,8 +139,8 @@ class Settings:
             sweep_interval_s=_float(env, "GS_SWEEP_INTERVAL_S", d.sweep_interval_s),
             sweep_min_age_ms=_int(env, "GS_SWEEP_MIN_AGE_MS", d.sweep_min_age_ms),
             coalesce_ms=_int(env, "GS_COALESCE_MS", d.coalesce_ms),
-            socket_queue_frames=_int(
-                env, "GS_SOCKET_QUEUE_FRAMES", d.socket_queue_frames, minimum=1
+            socket_buffer_bytes=_int(
+                env, "GS_SOCKET_BUFFER_BYTES", d.socket_buffer_bytes, minimum=1024
             ),
             max_frame_bytes=_int(env, "GS_MAX_FRAME_BYTES", d.max_frame_bytes, minimum=256),
             history_events=_int(env, "GS_HISTORY_EVENTS", d.history_events, minimum=1),

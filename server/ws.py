@@ -2,10 +2,12 @@
 
 A connection is accepted, then: authenticated (no token: watch only), the room checked,
 joined in the hub, welcomed (with the missed events when `since` is given), and served
-by two tasks: a reader that decodes and answers the client's frames one at a time, and a
-writer that drains the socket's bounded queue. Refusals become error frames or close
-codes here, and only here (`frame_code`, `close_code`). Nothing a client sends can end
-the connection except an oversized frame (1009); nothing it sends can crash the server.
+by a reader task that decodes and answers the client's frames one at a time. Frames to
+the client (the room's, and answers) are written straight into the socket when the
+server allows it (`server.direct`), else queued for a writer task of the socket's own.
+Refusals become error frames or close codes here, and only here (`frame_code`,
+`close_code`). Nothing a client sends can end the connection except an oversized frame
+(1009); nothing it sends can crash the server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from server import economy, metrics
 from server.auth import user_from_token
+from server.direct import SCOPE_KEY, DirectSocket
 from server.errors import (
     Forbidden,
     NotFound,
@@ -31,12 +34,13 @@ from server.errors import (
     RoomNotLive,
     Unauthorized,
 )
-from server.hub import RoomHub, Viewer
+from server.hub import QueuedViewer, RoomHub, Viewer
 from server.protocol import (
     PONG,
     ChatFrame,
     FrameRejected,
     GiftFrame,
+    Outgoing,
     PingFrame,
     ack_frame,
     decode_client_frame,
@@ -135,7 +139,9 @@ class RoomSession:
             log.warning("websocket refused, redis unavailable: %s", exc)
             await self._close(CLOSE_TRY_AGAIN_LATER, "the store is unavailable; try again")
             return
-        viewer = self.hub.viewer(self.user.user_id if self.user else None)
+        direct: DirectSocket | None = self.ws.scope.get(SCOPE_KEY)
+        metrics.SOCKETS_ACCEPTED.labels(writer="queued" if direct is None else "direct").inc()
+        viewer = self.hub.viewer(self.user.user_id if self.user else None, direct)
         try:
             try:
                 await self.hub.join(self.room_id, viewer)
@@ -213,27 +219,27 @@ class RoomSession:
         if since is not None and since <= seq:
             history, recovered = await rooms.events_since(self.room_id, since)
         floor = max(seq, event_seq(history[-1])) if history else seq
-        frames = [
-            welcome_frame(
-                room=await rooms.describe(self.room_id, raw),
-                seq=seq,
-                viewers=viewers,
-                top=top,
-                you=you,
-                recovered=recovered,
-            )
-        ]
+        welcome = welcome_frame(
+            room=await rooms.describe(self.room_id, raw),
+            seq=seq,
+            viewers=viewers,
+            top=top,
+            you=you,
+            recovered=recovered,
+        )
+        frames = [Outgoing(welcome)]
         for start in range(0, len(history), HISTORY_FRAME_EVENTS):
-            frames.append(events_frame(history[start : start + HISTORY_FRAME_EVENTS]))
+            frames.append(Outgoing(events_frame(history[start : start + HISTORY_FRAME_EVENTS])))
         return self.hub.start(self.room_id, viewer, frames, floor=floor, state=(viewers, top))
 
     # --- the conversation -----------------------------------------------------------
 
     async def _converse(self, viewer: Viewer) -> None:
-        writer = asyncio.create_task(self._write(viewer), name="ws-writer")
         reader = asyncio.create_task(self._read(viewer), name="ws-reader")
         slow = asyncio.create_task(viewer.overflowed.wait(), name="ws-slow")
-        tasks = {writer, reader, slow}
+        tasks = {reader, slow}
+        if isinstance(viewer, QueuedViewer):
+            tasks.add(asyncio.create_task(self._write(viewer), name="ws-writer"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -246,25 +252,29 @@ class RoomSession:
                 if exc is not None and not isinstance(exc, _PEER_GONE):
                     log.error("websocket %s failed", task.get_name(), exc_info=exc)
         if slow in done:
-            # The hub no longer queues to this socket. Its close frame waits behind what
-            # the peer has not read yet.
-            with contextlib.suppress(TimeoutError):
+            # The hub no longer offers frames to this socket. Its close frame waits behind
+            # what the peer has not read yet; a peer that reads nothing is dropped.
+            try:
                 async with asyncio.timeout(SLOW_CLOSE_TIMEOUT_S):
                     await self._close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<seq>")
+            except TimeoutError:
+                direct = self.ws.scope.get(SCOPE_KEY)
+                if direct is not None:
+                    direct.abort()
         elif reader in done and not reader.cancelled() and reader.exception() is None:
             code = reader.result()
             if code is not None:
                 await self._close(code, "frame too big")
 
-    async def _write(self, viewer: Viewer) -> None:
-        queue = viewer.queue
+    async def _write(self, viewer: QueuedViewer) -> None:
         while True:
-            frame = await queue.get()
-            await self.ws.send_text(frame)
+            frame = await viewer.next_frame()
+            await self.ws.send_text(frame.data.decode())
 
-    def _reply(self, viewer: Viewer, frame: str) -> None:
-        # Through the same bounded queue as the room's events; a full queue is a slow reader.
-        viewer.offer(frame)
+    def _reply(self, viewer: Viewer, frame: bytes) -> None:
+        # The same way as the room's events, in order with them; too much unsent is a slow
+        # reader.
+        viewer.offer(Outgoing(frame))
 
     async def _read(self, viewer: Viewer) -> int | None:
         """Serve the client's frames until it leaves (None) or must be closed (a code)."""

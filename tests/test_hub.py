@@ -1,4 +1,4 @@
-"""The hub on the real Redis, without sockets: viewers are the hub's own `Viewer` queues.
+"""The hub on the real Redis, without sockets: viewers are the hub's `QueuedViewer`s.
 
 Encoded once per flush for everyone, subscribed only while someone watches, a full queue
 drops only its viewer, a lost subscription is recovered from history, presence and
@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from server.hub import RoomHub, Viewer
+from server.hub import QueuedViewer, RoomHub
+from server.protocol import Outgoing
 from server.services import Services
 from server.settings import Settings
 from server.store.keys import RoomKeys
@@ -54,9 +55,15 @@ async def new_room(services: Services) -> str:
     return await services.rooms.create(creator_id="ucreator", creator_name="C", title="hub test")
 
 
-async def watch(hub: RoomHub, services: Services, room_id: str) -> Viewer:
-    """Join and start a viewer the way the endpoint does (without history)."""
+def new_viewer(hub: RoomHub) -> QueuedViewer:
     viewer = hub.viewer(None)
+    assert isinstance(viewer, QueuedViewer)  # no socket given: frames wait in its queue
+    return viewer
+
+
+async def watch(hub: RoomHub, services: Services, room_id: str) -> QueuedViewer:
+    """Join and start a viewer the way the endpoint does (without history)."""
+    viewer = new_viewer(hub)
     await hub.join(room_id, viewer)
     seq = int((await services.rooms.room(room_id))["seq"])
     assert hub.start(room_id, viewer, [], floor=seq, state=(0, []))
@@ -69,14 +76,16 @@ async def say(services: Services, room_id: str, text: str) -> int:
     )
 
 
-async def next_frame(viewer: Viewer) -> str:
+async def next_frame(viewer: QueuedViewer) -> bytes:
     async with asyncio.timeout(WAIT_S):
-        return await viewer.queue.get()
+        return (await viewer.next_frame()).data
 
 
-async def frames_until(viewer: Viewer, done: Callable[[list[dict[str, Any]]], bool]) -> list[str]:
+async def frames_until(
+    viewer: QueuedViewer, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[bytes]:
     """Frames from the viewer's queue until the events in them satisfy `done`."""
-    frames: list[str] = []
+    frames: list[bytes] = []
     events: list[dict[str, Any]] = []
     while not done(events):
         frame = await next_frame(viewer)
@@ -87,7 +96,7 @@ async def frames_until(viewer: Viewer, done: Callable[[list[dict[str, Any]]], bo
     return frames
 
 
-def events_of(frames: list[str]) -> list[dict[str, Any]]:
+def events_of(frames: list[bytes]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for frame in frames:
         decoded = orjson.loads(frame)
@@ -120,7 +129,7 @@ async def test_one_flush_is_encoded_once_and_queued_to_every_viewer(
     assert [e["seq"] for e in events_of(received[0])] == list(range(1, 6))
     for frames in received[1:]:
         assert len(frames) == len(received[0])
-        # The very same string: encoded once, not once per viewer.
+        # The very same bytes: encoded once, not once per viewer.
         assert all(a is b for a, b in zip(frames, received[0], strict=True))
 
 
@@ -158,7 +167,7 @@ async def _is(check: Callable[[], Any], value: object) -> bool:
 async def test_a_full_queue_drops_that_viewer_and_no_other(
     services: Services, settings: Settings
 ) -> None:
-    small = dataclasses.replace(settings, socket_queue_frames=3)
+    small = dataclasses.replace(settings, socket_buffer_bytes=1)
     async with running_hub(services, small) as hub:
         room_id = await new_room(services)
         slow = await watch(hub, services, room_id)
@@ -171,7 +180,8 @@ async def test_a_full_queue_drops_that_viewer_and_no_other(
             await frames_until(fast, up_to(seq))
         assert slow.overflowed.is_set()
         assert hub.local_viewers(room_id) == 1
-        assert slow.queue.qsize() == 3  # bounded: nothing was queued past the limit
+        # Bounded: past one byte unsent, nothing more was queued.
+        assert slow.queue.qsize() == 1
         seq = await say(services, room_id, "still here")
         assert [e["text"] for e in events_of(await frames_until(fast, up_to(seq)))] == [
             "still here"
@@ -235,7 +245,7 @@ async def test_presence_counts_this_process_viewers(hub: RoomHub, services: Serv
 
 async def test_room_state_follows_the_viewer_count(hub: RoomHub, services: Services) -> None:
     room_id = await new_room(services)
-    first = hub.viewer(None)
+    first = new_viewer(hub)
     await hub.join(room_id, first)
     assert hub.start(room_id, first, [], floor=0, state=(1, []))
     await watch(hub, services, room_id)
@@ -260,14 +270,14 @@ async def test_events_held_for_a_joining_viewer_come_after_its_welcome(
     hub: RoomHub, services: Services
 ) -> None:
     room_id = await new_room(services)
-    viewer = hub.viewer(None)
+    viewer = new_viewer(hub)
     await hub.join(room_id, viewer)
     said = [await say(services, room_id, f"early {i}") for i in range(3)]
     other = await watch(hub, services, room_id)  # sees none of the early ones
     await frames_until(other, up_to(await say(services, room_id, "late")))
     # This viewer's welcome covered up to the first line; the rest are held for it.
-    assert hub.start(room_id, viewer, ["WELCOME"], floor=said[0], state=(2, []))
-    assert await next_frame(viewer) == "WELCOME"
+    assert hub.start(room_id, viewer, [Outgoing(b"WELCOME")], floor=said[0], state=(2, []))
+    assert await next_frame(viewer) == b"WELCOME"
     events = events_of(await frames_until(viewer, up_to(said[-1] + 1)))
     assert [e["text"] for e in events] == ["early 1", "early 2", "late"]
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from server.economy import MAX_CHAT_LENGTH, Catalog
 from server.protocol import (
@@ -14,6 +16,7 @@ from server.protocol import (
     ChatFrame,
     FrameRejected,
     GiftFrame,
+    Outgoing,
     PingFrame,
     ack_frame,
     decode_client_frame,
@@ -183,6 +186,21 @@ def test_events_frame_splices_stored_events_without_decoding_them() -> None:
     assert event_seq(b'{"kind":"chat","seq":12}') == 12
     with pytest.raises(ValueError):
         event_seq(b'{"kind":"chat"}')
+
+
+def test_an_outgoing_frame_is_framed_once_for_every_socket() -> None:
+    for size in (5, 200, 70_000):  # each length encoding of a WebSocket frame header
+        out = Outgoing(b"x" * size)
+        wire = out.wire
+        assert wire is out.wire
+        reader = StreamReader()
+        reader.feed_data(wire)
+        parser = Frame.parse(reader.read_exact, mask=False)
+        with pytest.raises(StopIteration) as parsed:
+            next(parser)
+        frame = parsed.value.value
+        assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, out.data)
+        assert not reader.buffer  # nothing after the frame
 
 
 def test_token_bucket_allows_the_burst_then_the_rate() -> None:

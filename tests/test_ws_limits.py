@@ -48,7 +48,7 @@ def small_queue_server(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     env = {
-        "GS_SOCKET_QUEUE_FRAMES": "8",
+        "GS_SOCKET_BUFFER_BYTES": "16384",
         "GS_CHAT_RATE_PER_S": "100000",
         "GS_CHAT_BURST": "100000",
     }

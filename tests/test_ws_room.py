@@ -21,6 +21,7 @@ from tests.room_client import (
     live_room,
     seqs,
 )
+from tests.test_metrics import samples
 
 
 async def wallet(http: httpx.AsyncClient, account: Account) -> dict[str, Any]:
@@ -308,3 +309,25 @@ async def test_ping_pong(http: httpx.AsyncClient, live_server: LiveServer) -> No
         assert await viewer.until_type("pong") == {"type": "pong"}
     finally:
         await viewer.close()
+
+
+async def test_the_server_writes_room_frames_straight_into_the_sockets(
+    http: httpx.AsyncClient, live_server: LiveServer
+) -> None:
+    # `python -m server` runs uvicorn's websockets-sansio protocol, whose sockets the fan-out
+    # writes to directly; were that lost (another uvicorn), the queued writer would serve
+    # and this says so.
+    def accepted(text: str, writer: str) -> float:
+        return samples(text).get(f"giftstream_sockets_accepted_total[('writer', '{writer}')]", 0)
+
+    before = (await http.get("/metrics")).text
+    _, room_id = await live_room(http)
+    viewer = await RoomClient.open(live_server.ws_url, room_id)
+    try:
+        await viewer.send({"type": "ping"})
+        await viewer.until_type("pong")
+    finally:
+        await viewer.close()
+    after = (await http.get("/metrics")).text
+    assert accepted(after, "direct") - accepted(before, "direct") == 1
+    assert accepted(after, "queued") == accepted(before, "queued") == 0
