@@ -2,9 +2,10 @@
 
 DESIGN section 5. One Redis subscribe connection per process (`RoomChannels`); a room's
 channel is subscribed while this process has at least one viewer in it. Events arriving
-for a room are coalesced, at most one flush per `coalesce_ms` per room (an event after a
-quiet spell goes out at once), encoded once per flush, and the same bytes are offered to
-every local viewer of the room: written straight into its socket (`DirectViewer`), or,
+for a room are coalesced, at most one flush per window per room (an event after a quiet
+spell goes out at once; the window is `coalesce_ms`, wider for a room too big to flush
+that often within `fanout_frames_per_s`), encoded once per flush, and the same bytes are
+offered to every local viewer of the room: written straight into its socket (`DirectViewer`), or,
 under a server that allows no such thing, queued for its writer task (`QueuedViewer`).
 Offering never waits; each socket's unsent frames are bounded, and a viewer past the
 bound is dropped from the room and told to close (1008) instead of slowing anyone else.
@@ -331,9 +332,15 @@ class RoomHub:
             # (with whatever arrives in the same loop iteration), later ones wait for the
             # window to close and share its frame.
             loop = asyncio.get_running_loop()
-            window = self._settings.coalesce_ms / 1000
-            delay = max(0.0, room.last_flush + window - loop.time())
+            delay = max(0.0, room.last_flush + self._window(room) - loop.time())
             room.flush_handle = loop.call_later(delay, self._flush, room)
+
+    def _window(self, room: LocalRoom) -> float:
+        """Seconds between a room's flushes: `coalesce_ms`, or longer for a room whose
+        local viewers would otherwise take more than `fanout_frames_per_s` frames a
+        second (5,000 viewers at the default 40,000: 125 ms)."""
+        s = self._settings
+        return max(s.coalesce_ms / 1000, len(room.viewers) / s.fanout_frames_per_s)
 
     def _flush(self, room: LocalRoom, *, force: bool = False) -> None:
         room.flush_handle = None

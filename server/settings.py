@@ -77,6 +77,10 @@ class Settings:
     sweep_min_age_ms: int = 3000
     # Rooms and fan-out.
     coalesce_ms: int = 20
+    # Frames per second a process's fan-out may write to one room's viewers: a room
+    # with more local viewers than this budget allows at `coalesce_ms` flushes less often
+    # (its window widens to viewers / budget), so a huge room's frames stay deliverable.
+    fanout_frames_per_s: int = 40_000
     # What a socket may hold unsent before its reader counts as too slow and is closed
     # (1008): about four seconds of a busy room's frames.
     socket_buffer_bytes: int = 1024 * 1024
@@ -139,6 +143,9 @@ class Settings:
             sweep_interval_s=_float(env, "GS_SWEEP_INTERVAL_S", d.sweep_interval_s),
             sweep_min_age_ms=_int(env, "GS_SWEEP_MIN_AGE_MS", d.sweep_min_age_ms),
             coalesce_ms=_int(env, "GS_COALESCE_MS", d.coalesce_ms),
+            fanout_frames_per_s=_int(
+                env, "GS_FANOUT_FRAMES_PER_S", d.fanout_frames_per_s, minimum=1
+            ),
             socket_buffer_bytes=_int(
                 env, "GS_SOCKET_BUFFER_BYTES", d.socket_buffer_bytes, minimum=1024
             ),

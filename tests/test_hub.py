@@ -302,3 +302,22 @@ async def test_leaving_and_joining_at_once_keeps_the_room_subscribed(
             f"round {i}"
         ]
         hub.leave(room_id, viewer)
+
+
+async def test_a_room_too_big_for_the_frame_budget_flushes_less_often(
+    services: Services, settings: Settings
+) -> None:
+    # Two viewers and a budget of one frame a second: the room's window widens to 2 s.
+    tight = dataclasses.replace(settings, coalesce_ms=20, fanout_frames_per_s=1)
+    async with running_hub(services, tight) as hub:
+        room_id = await new_room(services)
+        viewer = await watch(hub, services, room_id)
+        await watch(hub, services, room_id)
+        last = 0
+        for i in range(6):
+            last = await say(services, room_id, f"line {i}")
+            await asyncio.sleep(0.05)
+        frames = await frames_until(viewer, up_to(last))
+        # The first line at once (after a quiet spell), the other five in one frame.
+        assert [e["text"] for e in events_of(frames)] == [f"line {i}" for i in range(6)]
+        assert sum(orjson.loads(f)["type"] == "events" for f in frames) <= 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
+from typing import cast
 
 import orjson
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from server.economy import PaymentOutcome
 from server.errors import IdempotencyConflict, InsufficientCoins, SpendingLimitReached
 from server.services import Services
-from server.store.gifts import GiftOrder
+from server.store.gifts import GiftOrder, GiftReceipt
 from server.store.keys import RoomKeys, UserKeys
 
 BORN = dt.date(1990, 1, 1)
@@ -219,3 +221,52 @@ async def test_chat_and_end_room(services: Services) -> None:
     assert await services.rooms.end(room_id, user_id=creator) == 0
     events, complete = await services.rooms.events_since(room_id, 1)
     assert complete and [orjson.loads(e)["kind"] for e in events] == ["room_ended"]
+
+
+async def test_gifts_sent_at_once_each_get_their_own_answer(
+    services: Services,
+) -> None:
+    rich = await new_user(services, 1000)
+    poor = await new_user(services)  # cannot afford anything
+    room = await new_room(services)
+    orders = [order(services, rich, room) for _ in range(30)] + [order(services, poor, room)]
+    replay = orders[0]
+    # Made in one turn of the event loop, their steps go to Redis in shared pipelines.
+    outcomes = await asyncio.gather(
+        *(services.gifts.send(o) for o in [*orders, replay]), return_exceptions=True
+    )
+    receipts = outcomes[:30]
+    assert all(isinstance(r, GiftReceipt) for r in receipts)
+    assert isinstance(outcomes[30], InsufficientCoins)
+    # 31 debits, 3 steps for each of 30 gifts and one replay: the same answer, charged once.
+    replayed = outcomes[31]
+    assert isinstance(replayed, GiftReceipt) and replayed.replayed
+    assert replayed.transfer_id == cast(GiftReceipt, receipts[0]).transfer_id
+    assert sorted(cast(GiftReceipt, r).coins for r in receipts) == list(range(970, 1000))
+    assert (await services.wallets.wallet(rich))["coins"] == 970
+    assert (await services.wallets.wallet(room[0]))["diamonds"] == 30
+    events, _ = await services.rooms.events_since(room[1], 0)
+    assert len(events) == 30
+
+
+async def test_a_redis_that_lost_its_scripts_gets_them_again(services: Services) -> None:
+    sender = await new_user(services, 100)
+    room = await new_room(services)
+    await services.redis.script_flush()  # as after a restart without persistence
+    receipts = await asyncio.gather(
+        *(services.gifts.send(order(services, sender, room)) for _ in range(3))
+    )
+    assert sorted(r.coins for r in receipts) == [97, 98, 99]
+    assert (await services.wallets.wallet(room[0]))["diamonds"] == 3
+    events, _ = await services.rooms.events_since(room[1], 0)
+    assert len(events) == 3
+    p100 = services.catalog.package("p100")
+    await services.redis.script_flush()
+    answer = await services.wallets.recharge(
+        sender,
+        package=p100,
+        card_number="4242424242424242",
+        outcome=PaymentOutcome.APPROVED,
+        idempotency_key=uuid.uuid4().hex,
+    )
+    assert answer["coins"] == 197

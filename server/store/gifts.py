@@ -7,6 +7,10 @@
 Steps 2-4 go in one pipelined round trip. If step 2 or 3 fails while step 4 went
 through, the pending transfer is written back, so the sweeper finishes it: a crash or
 an error between steps loses nothing and shows nothing twice.
+
+The steps of concurrent gifts share round trips (`ScriptBatch`): the debits made in one
+turn of the event loop go to Redis in one pipeline, and so do their credits, publishes
+and settles. Each step is still its own script, atomic and idempotent on its own.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from server import economy
 from server.economy import Gift
 from server.settings import Settings
 from server.store.answers import decode_answer
-from server.store.connection import Client, Scripts
+from server.store.connection import Client, ScriptBatch, Scripts
 from server.store.keys import RoomKeys, UserKeys, bucket_pending, bucket_tag
 from server.store.wallets import body_hash, now_ms
 
@@ -57,6 +61,7 @@ class GiftSaga:
         self._r = client
         self._scripts = scripts
         self._settings = settings
+        self._batch = ScriptBatch(client)
 
     def _user(self, user_id: str) -> UserKeys:
         return UserKeys.of(user_id, self._settings.wallet_buckets)
@@ -82,7 +87,8 @@ class GiftSaga:
             "ts": now,
         }
         answer = decode_answer(
-            await self._scripts.debit_gift(
+            await self._batch.call(
+                self._scripts.debit_gift,
                 keys=[
                     k.profile,
                     k.wallet,
@@ -131,13 +137,15 @@ class GiftSaga:
                 "coins": transfer["p"],
             }
         )
-        async with self._r.pipeline(transaction=False) as pipe:
-            await self._scripts.credit_gift(
+        batch = self._batch
+        steps = [
+            batch.call(
+                self._scripts.credit_gift,
                 keys=[creator.wallet, creator.ledger, creator.credited(transfer["t"])],
                 args=[transfer["t"], diamonds, now, MARKER_TTL_S],
-                client=pipe,
-            )
-            await self._scripts.publish_gift(
+            ),
+            batch.call(
+                self._scripts.publish_gift,
                 keys=[
                     room.room,
                     room.events,
@@ -160,12 +168,13 @@ class GiftSaga:
                     event,
                     room.channel,
                 ],
-                client=pipe,
-            )
-            await self._scripts.settle_gift(
-                keys=[sender.pending], args=[transfer["t"]], client=pipe
-            )
-            results = await pipe.execute(raise_on_error=False)
+            ),
+            batch.call(self._scripts.settle_gift, keys=[sender.pending], args=[transfer["t"]]),
+        ]
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled: the sweeper finishes what this did not
         failed = [r for r in results[:2] if isinstance(r, Exception)]
         if failed:
             if not isinstance(results[2], Exception):
