@@ -187,10 +187,12 @@ class GiftSaga:
         """Finish every pending transfer older than `min_age_ms` in every bucket. Safe to
         run in every process at once. Returns how many it finished."""
         min_age = self._settings.sweep_min_age_ms if min_age_ms is None else min_age_ms
-        buckets = range(self._settings.wallet_buckets)
+        keys = [bucket_pending(bucket_tag(b)) for b in range(self._settings.wallet_buckets)]
+        if not await self._r.exists(*keys):
+            return 0  # the usual case when idle: one command, not one per bucket
         async with self._r.pipeline(transaction=False) as pipe:
-            for b in buckets:
-                pipe.hgetall(bucket_pending(bucket_tag(b)))
+            for key in keys:
+                pipe.hgetall(key)
             pendings = await pipe.execute()
         cutoff = now_ms() - min_age
         finished = 0

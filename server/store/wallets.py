@@ -247,9 +247,12 @@ class WalletStore:
         Returns how many it finished."""
         now = now_ms() if now is None else now
         buckets = range(self._settings.wallet_buckets)
+        keys = [bucket_cashouts_due(bucket_tag(b)) for b in buckets]
+        if not await self._r.exists(*keys):
+            return 0  # no cash-out waiting anywhere: one command, not one per bucket
         async with self._r.pipeline(transaction=False) as pipe:
-            for b in buckets:
-                pipe.zrangebyscore(bucket_cashouts_due(bucket_tag(b)), 0, now, start=0, num=100)
+            for key in keys:
+                pipe.zrangebyscore(key, 0, now, start=0, num=100)
             due_lists = await pipe.execute()
         finished = 0
         for b, due in zip(buckets, due_lists, strict=True):
