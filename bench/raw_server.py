@@ -4,11 +4,11 @@ A bare `websockets` asyncio server with nothing behind it: no auth, no Redis, no
 per-socket queues or writer tasks. On `broadcast` it builds one events frame every
 `window_ms` (the same size and number of events as the giftstream frames it is compared
 with), and writes it to every client with `websockets.asyncio.server.broadcast`: encoded
-once, written to all, synchronously. It has no backpressure of its own, so a client whose
-transport already holds `skip_bytes` (at least two frames) is skipped for that frame, as
-uvicorn stops writing to a socket above its 64 KiB high-water mark (the giftstream
-fan-out then queues, and drops a reader whose queue is full): what is skipped is counted,
-and the clients see it as missing seqs.
+once, written to all, synchronously, as the giftstream fan-out writes too. It has no
+backpressure of its own, so a client whose transport already holds `skip_bytes` (at least
+two frames) is skipped for that frame (giftstream instead drops a reader that holds more
+than its socket bound unsent): what is skipped is counted, and the clients see it as
+missing seqs.
 
 Commands, one JSON line each on stdin, answered on stdout: `broadcast`, `count`, `quit`.
 """

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from server import metrics
@@ -53,13 +54,17 @@ class Viewer:
     """One local socket in one room, as the hub sees it.
 
     `offer` hands it a frame without waiting. Each socket's unsent frames are bounded by
-    `limit_bytes`: a frame offered past that is refused, `overflowed` is set, and the
-    socket must then be closed (1008); the hub has already stopped offering to it.
+    `limit_bytes`: a frame offered past that is refused, `overflowed` is set, `on_overflow`
+    is called (once), and the socket must then be closed (1008); the hub has already
+    stopped offering to it.
     """
 
     def __init__(self, *, user_id: str | None, limit_bytes: int, max_held_events: int) -> None:
         self.user_id = user_id
-        self.overflowed = asyncio.Event()
+        # A flag and a callback rather than an asyncio.Event: a viewer is kept per socket,
+        # and every byte of it counts at 5,000 sockets a process.
+        self.overflowed = False
+        self.on_overflow: Callable[[], object] | None = None
         # The seq the viewer has been shown up to; None until `RoomHub.start`.
         self.floor: int | None = None
         self._limit = limit_bytes
@@ -68,19 +73,25 @@ class Viewer:
 
     def offer(self, frame: Outgoing) -> bool:
         """Pass `frame` on without waiting; False (and `overflowed` set) if it did not fit."""
-        if self.overflowed.is_set():
+        if self.overflowed:
             return False
         if self._put(frame):
             return True
-        self.overflowed.set()
+        self.overflow()
         return False
+
+    def overflow(self) -> None:
+        if not self.overflowed:
+            self.overflowed = True
+            if self.on_overflow is not None:
+                self.on_overflow()
 
     def _put(self, frame: Outgoing) -> bool:
         raise NotImplementedError
 
     def hold(self, seqs: list[int], events: list[bytes]) -> bool:
         if len(self._held) + len(events) > self._max_held:
-            self.overflowed.set()
+            self.overflow()
             return False
         self._held.extend(zip(seqs, events, strict=True))
         return True
@@ -296,7 +307,7 @@ class RoomHub:
         return {room.room_id for room in self._rooms.values()}
 
     def _drop_slow(self, room: LocalRoom, viewer: Viewer) -> None:
-        viewer.overflowed.set()
+        viewer.overflow()
         metrics.SLOW_READERS_CLOSED.inc()
         self.leave(room.room_id, viewer)
 

@@ -106,6 +106,13 @@ def close_code(refusal: Refusal) -> int:
     return _CLOSE_CODES.get(refusal.code, 1008)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    exc = None if task.cancelled() else task.exception()
+    # A peer that went away ends the writer: that is no failure.
+    if exc is not None and not isinstance(exc, _PEER_GONE):
+        log.error("websocket %s failed", task.get_name(), exc_info=exc)
+
+
 def _is_store_error(exc: BaseException) -> bool:
     # TimeoutError and ConnectionError of the socket layer are OSErrors.
     return isinstance(exc, RedisError | OSError)
@@ -235,23 +242,30 @@ class RoomSession:
     # --- the conversation -----------------------------------------------------------
 
     async def _converse(self, viewer: Viewer) -> None:
-        reader = asyncio.create_task(self._read(viewer), name="ws-reader")
-        slow = asyncio.create_task(viewer.overflowed.wait(), name="ws-slow")
-        tasks = {reader, slow}
+        """Read and answer in this task until the peer leaves, sends a frame too big, or
+        falls too far behind: then the hub's overflow cancels the read here (the cheapest
+        way to watch for it: no task of its own)."""
+        task = asyncio.current_task()
+        assert task is not None
+        writer: asyncio.Task[None] | None = None
         if isinstance(viewer, QueuedViewer):
-            tasks.add(asyncio.create_task(self._write(viewer), name="ws-writer"))
+            writer = asyncio.create_task(self._write(viewer), name="ws-writer")
+            writer.add_done_callback(_log_failure)
+        viewer.on_overflow = task.cancel
+        code: int | None = None
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            code = await self._read(viewer)
+        except asyncio.CancelledError:
+            # Our own cancel, from the overflow, and no one else's (a shutdown's)?
+            if not viewer.overflowed or task.uncancel() > 0:
+                raise
+        except _PEER_GONE:
+            return  # a peer that went away is no failure
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
-            for task in tasks:
-                exc = None if task.cancelled() else task.exception()
-                # A peer that went away ends the writer or the reader: that is no failure.
-                if exc is not None and not isinstance(exc, _PEER_GONE):
-                    log.error("websocket %s failed", task.get_name(), exc_info=exc)
-        if slow in done:
+            viewer.on_overflow = None
+            if writer is not None:
+                writer.cancel()
+        if viewer.overflowed:
             # The hub no longer offers frames to this socket. Its close frame waits behind
             # what the peer has not read yet; a peer that reads nothing is dropped.
             try:
@@ -261,10 +275,8 @@ class RoomSession:
                 direct = self.ws.scope.get(SCOPE_KEY)
                 if direct is not None:
                     direct.abort()
-        elif reader in done and not reader.cancelled() and reader.exception() is None:
-            code = reader.result()
-            if code is not None:
-                await self._close(code, "frame too big")
+        elif code is not None:
+            await self._close(code, "frame too big")
 
     async def _write(self, viewer: QueuedViewer) -> None:
         while True:

@@ -166,6 +166,10 @@ class RoomChannels:
             asyncio.create_task(self._read(link), name="channels-read"),
             asyncio.create_task(self._watch(link), name="channels-watch"),
         }
+        for task in tasks:
+            # Read at once: a task that fails while this one is cancelled at shutdown (its
+            # connection closed under it) must not be reported as never retrieved.
+            task.add_done_callback(_retrieve)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -218,3 +222,8 @@ class RoomChannels:
                 link.confirmed[channel] = link.confirmed.get(channel, 0) + 1
                 if self.is_subscribed(channel):
                     self._on_subscribed(channel)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
