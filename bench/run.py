@@ -238,7 +238,7 @@ class Bench:
         self.say(f"fd limit (soft/hard): {limits}")
         self.say(
             f"server: python -m server, 1 process, coalescing window 20 ms (wider for a room "
-            f"over 40,000 frames/s: 125 ms at 5,000 viewers), socket buffer 1 MiB; "
+            f"over 25,000 frames/s: 200 ms at 5,000 viewers), socket buffer 1 MiB; "
             f"env {', '.join(f'{k}={v}' for k, v in shown_env.items())}"
         )
         self.say(

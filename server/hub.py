@@ -349,7 +349,7 @@ class RoomHub:
     def _window(self, room: LocalRoom) -> float:
         """Seconds between a room's flushes: `coalesce_ms`, or longer for a room whose
         local viewers would otherwise take more than `fanout_frames_per_s` frames a
-        second (5,000 viewers at the default 40,000: 125 ms)."""
+        second (5,000 viewers at the default 25,000: 200 ms)."""
         s = self._settings
         return max(s.coalesce_ms / 1000, len(room.viewers) / s.fanout_frames_per_s)
 

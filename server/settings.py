@@ -80,7 +80,7 @@ class Settings:
     # Frames per second a process's fan-out may write to one room's viewers: a room
     # with more local viewers than this budget allows at `coalesce_ms` flushes less often
     # (its window widens to viewers / budget), so a huge room's frames stay deliverable.
-    fanout_frames_per_s: int = 40_000
+    fanout_frames_per_s: int = 25_000
     # What a socket may hold unsent before its reader counts as too slow and is closed
     # (1008): about four seconds of a busy room's frames.
     socket_buffer_bytes: int = 1024 * 1024
