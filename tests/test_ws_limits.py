@@ -57,6 +57,16 @@ def small_queue_server(
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def compressing_server(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    env = {"GS_WS_COMPRESSION": "1"}
+    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("deflate"), env=env).start()
+    yield server
+    server.stop()
+
+
 @contextlib.asynccontextmanager
 async def client_of(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=15) as http:
@@ -210,3 +220,31 @@ async def test_a_reader_that_never_reads_is_closed_and_slows_no_one(
                 await reader
             for client in (*senders, good, slow):
                 await client.close()
+
+
+async def test_with_compression_on_room_frames_reach_compressed_and_plain_sockets(
+    compressing_server: LiveServer,
+) -> None:
+    # Room frames are written straight into the sockets; where permessage-deflate was
+    # negotiated they are compressed for that socket, elsewhere sent as they are.
+    async with client_of(compressing_server) as http:
+        _, room_id = await live_room(http)
+        fan = await funded(http, "p100")
+        url = compressing_server.ws_url
+        sender = await RoomClient.open(url, room_id, token=fan.token)
+        plain = await RoomClient.open(url, room_id, compression=None)
+        try:
+            assert sender.conn.protocol.extensions  # deflate negotiated
+            assert not plain.conn.protocol.extensions
+            frames = [gift(count=3), chat("compressed " + "y" * 150)]
+            answer = await sender.request(frames[0])
+            assert answer == {"type": "ack", "request_id": frames[0]["request_id"], "coins": 97}
+            await sender.send(frames[1])
+            for client in (sender, plain):
+                await client.until_seq(2)
+                [event] = [e for e in client.events if e["kind"] == "chat"]
+                assert event["text"] == frames[1]["text"]
+                assert [e["seq"] for e in client.events] == [1, 2]
+        finally:
+            await sender.close()
+            await plain.close()
