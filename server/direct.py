@@ -17,6 +17,8 @@ refused and the caller closes the socket as too slow.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -51,10 +53,12 @@ class DirectSocket:
     def unsent_bytes(self) -> int:
         return self._protocol.transport.get_write_buffer_size()
 
-    def abort(self) -> None:
-        """Drop the connection at once, unsent bytes and all (for a peer that never reads:
-        a close frame queued behind them would never reach it)."""
-        self._protocol.transport.abort()
+    def abort_after(self, delay_s: float) -> None:
+        """Drop the connection, unsent bytes and all, unless it has closed within
+        `delay_s`: for a peer that reads nothing, a close frame queued behind what it has
+        not read would never reach it, and its socket and buffers would stay forever."""
+        transport = self._protocol.transport
+        asyncio.get_running_loop().call_later(delay_s, transport.abort)
 
 
 class DirectWrites:

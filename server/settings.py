@@ -84,6 +84,9 @@ class Settings:
     # What a socket may hold unsent before its reader counts as too slow and is closed
     # (1008): about four seconds of a busy room's frames.
     socket_buffer_bytes: int = 1024 * 1024
+    # How long a too-slow reader's 1008 close may wait behind what it has not read; a
+    # peer that reads nothing meanwhile is dropped, and its buffers freed.
+    slow_close_timeout_s: float = 10.0
     max_frame_bytes: int = 64 * 1024
     history_events: int = 1000
     presence_ttl_s: int = 10
@@ -149,6 +152,7 @@ class Settings:
             socket_buffer_bytes=_int(
                 env, "GS_SOCKET_BUFFER_BYTES", d.socket_buffer_bytes, minimum=1024
             ),
+            slow_close_timeout_s=_float(env, "GS_SLOW_CLOSE_TIMEOUT_S", d.slow_close_timeout_s),
             max_frame_bytes=_int(env, "GS_MAX_FRAME_BYTES", d.max_frame_bytes, minimum=256),
             history_events=_int(env, "GS_HISTORY_EVENTS", d.history_events, minimum=1),
             presence_ttl_s=_int(env, "GS_PRESENCE_TTL_S", d.presence_ttl_s, minimum=2),

@@ -62,8 +62,6 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
-# How long a slow reader's close may wait for room in its socket's buffer.
-SLOW_CLOSE_TIMEOUT_S = 10.0
 HISTORY_FRAME_EVENTS = 200
 _SINCE = re.compile(r"^\d{1,18}$")
 _PEER_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
@@ -268,13 +266,13 @@ class RoomSession:
         if viewer.overflowed:
             # The hub no longer offers frames to this socket. Its close frame waits behind
             # what the peer has not read yet; a peer that reads nothing is dropped.
-            try:
-                async with asyncio.timeout(SLOW_CLOSE_TIMEOUT_S):
+            timeout = self.svc.settings.slow_close_timeout_s
+            direct: DirectSocket | None = self.ws.scope.get(SCOPE_KEY)
+            if direct is not None:
+                direct.abort_after(timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
                     await self._close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<seq>")
-            except TimeoutError:
-                direct = self.ws.scope.get(SCOPE_KEY)
-                if direct is not None:
-                    direct.abort()
         elif code is not None:
             await self._close(code, "frame too big")
 

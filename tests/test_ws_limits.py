@@ -67,6 +67,21 @@ def compressing_server(
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def quick_drop_server(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    env = {
+        "GS_SOCKET_BUFFER_BYTES": "16384",
+        "GS_SLOW_CLOSE_TIMEOUT_S": "1",
+        "GS_CHAT_RATE_PER_S": "100000",
+        "GS_CHAT_BURST": "100000",
+    }
+    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("drop"), env=env).start()
+    yield server
+    server.stop()
+
+
 @contextlib.asynccontextmanager
 async def client_of(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=15) as http:
@@ -248,3 +263,48 @@ async def test_with_compression_on_room_frames_reach_compressed_and_plain_socket
         finally:
             await sender.close()
             await plain.close()
+
+
+async def test_a_reader_that_reads_nothing_at_all_is_dropped_and_its_socket_freed(
+    quick_drop_server: LiveServer,
+) -> None:
+    server = quick_drop_server
+    async with client_of(server) as http:
+        _, room_id = await live_room(http)
+        url = server.ws_url
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        slow = await RoomClient.open(url, room_id, sock=sock, max_queue=1)
+        talker = await sign_up(http, name="Talker")
+        sender = await RoomClient.open(url, room_id, token=talker.token, max_queue=None)
+
+        async def open_sockets() -> float:
+            return metric((await http.get("/metrics")).text, "giftstream_connections_open")
+
+        try:
+            assert await open_sockets() == 2
+            rounds = 0
+            while await slow_readers_closed(http) == 0:
+                rounds += 1
+                assert rounds <= 100, "the never-reading viewer was never closed"
+                for i in range(250):
+                    await sender.send(chat(f"{i:04d} " + "x" * 195))
+                await sender.send({"type": "ping"})
+                await sender.until_type("pong")
+            # Its 1008 waits behind megabytes it will never read: after the timeout the
+            # server drops the connection and frees what it held.
+            async with asyncio.timeout(15):
+                while await open_sockets() != 1:
+                    await asyncio.sleep(0.1)
+            # Past the close timeout (1 s here) it reads at last: the connection was cut
+            # off, its close frame never delivered. The server let go of it.
+            await asyncio.sleep(3)
+            async with asyncio.timeout(15):
+                assert await slow.closed_with() is None
+            await sender.send({"type": "ping"})
+            assert await sender.until_type("pong") == {"type": "pong"}
+        finally:
+            await sender.close()
+            await slow.close()
