@@ -15,6 +15,8 @@ import time
 
 import httpx
 
+from server.settings import Settings, SettingsError
+
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
@@ -42,8 +44,13 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=settings.port, help="default: GS_PORT")
     parser.add_argument("--rooms", type=int, default=3, help="live rooms the bots open")
     parser.add_argument("--viewers", type=int, default=40, help="bot viewers in all")
     parser.add_argument("--minutes", type=float, default=60, help="stop by itself after this")
@@ -51,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
     url = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "GS_PORT": str(args.port)}
-    server = subprocess.Popen([sys.executable, "-m", "server"], env=env)
+    # The children in sessions of their own: a Ctrl-C reaches only this process, which
+    # stops the bots first and then the server (which stops its Redis).
+    server = subprocess.Popen([sys.executable, "-m", "server"], env=env, start_new_session=True)
     bots: subprocess.Popen[bytes] | None = None
     try:
         wait_healthy(url, server)
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--quiet",
             ],
             env=env,
+            start_new_session=True,
         )
         print(
             f"\n  giftstream demo is live: open {url}/ in your browser\n"

@@ -89,7 +89,11 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "server.log"),
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C in the terminal reaches the server, which stops this
+        # Redis after its own shutdown, not both at once.
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
