@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from typing import cast
 
@@ -270,3 +271,16 @@ async def test_a_redis_that_lost_its_scripts_gets_them_again(services: Services)
         idempotency_key=uuid.uuid4().hex,
     )
     assert answer["coins"] == 197
+
+
+async def test_presence_of_dead_processes_stops_counting_then_goes(services: Services) -> None:
+    _, room_id = await new_room(services)
+    presence = RoomKeys(room_id).presence
+    ttl_ms = services.settings.presence_ttl_s * 1000
+    await services.rooms.set_presence(room_id, "alive", 3)
+    now = int(time.time() * 1000)
+    await services.redis.hset(presence, "just-died", f"5:{now - 1}")
+    await services.redis.hset(presence, "long-dead", f"7:{now - 11 * ttl_ms}")
+    assert await services.rooms.viewers([room_id]) == {room_id: 3}
+    # The long-dead process's field is gone; the one just expired is kept a while.
+    assert set(await services.redis.hkeys(presence)) == {b"alive", b"just-died"}

@@ -146,14 +146,25 @@ class RoomStore:
                 pipe.hgetall(RoomKeys(room_id).presence)
             rows = await pipe.execute()
         now = now_ms()
+        # A field expired this long ago is a dead process's (a live one rewrites its own
+        # every third of the expiry): it is removed, so the hash does not grow forever.
+        stale_before = now - 10 * self._settings.presence_ttl_s * 1000
         counts: dict[str, int] = {}
+        stale: list[tuple[str, bytes]] = []
         for room_id, raw in zip(room_ids, rows, strict=True):
             total = 0
-            for value in raw.values():
+            for process_id, value in raw.items():
                 count, _, expires = value.decode().partition(":")
                 if int(expires) > now:
                     total += int(count)
+                elif int(expires) < stale_before:
+                    stale.append((RoomKeys(room_id).presence, process_id))
             counts[room_id] = total
+        if stale:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key, process_id in stale:
+                    pipe.hdel(key, process_id)
+                await pipe.execute(raise_on_error=False)
         return counts
 
     async def live_room_count(self) -> int:
