@@ -111,12 +111,15 @@ class RoomChannels:
 
     # --- the connection ---------------------------------------------------------------
 
-    def _new_connection(self) -> Any:
+    async def _new_connection(self) -> Any:
         pool = getattr(self._client, "connection_pool", None)
         if pool is not None:
             factory, options = pool.connection_class, pool.connection_kwargs
         else:
-            # A Redis Cluster forwards PUBLISH to every node: any node will do.
+            # A Redis Cluster forwards PUBLISH to every node: any node will do. The client
+            # learns its nodes on its first command, or here.
+            if self._client.get_default_node() is None:
+                await self._client.initialize()
             node = self._client.get_default_node()
             factory, options = node.connection_class, node.connection_kwargs
         # RESP2: messages come back as plain replies to this connection's reads (RESP3
@@ -130,8 +133,9 @@ class RoomChannels:
         """Keep the subscribe connection up until cancelled. Never raises otherwise."""
         backoff = self._min_backoff_s
         while True:
-            conn = self._new_connection()
+            conn: Any = None
             try:
+                conn = await self._new_connection()
                 await conn.connect()
                 reraise_lost_cancellation()
                 backoff = self._min_backoff_s
@@ -144,8 +148,9 @@ class RoomChannels:
             finally:
                 self._link = None
                 self.connected.clear()
-                with contextlib.suppress(Exception):
-                    await conn.disconnect(nowait=True)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
             self._on_lost()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max(2.0, self._min_backoff_s))

@@ -88,7 +88,15 @@ async def run_pipelined(client: Client, calls: Sequence[ScriptCall]) -> list[Any
     """Run `calls` in one non-transactional pipeline (one round trip; each call by
     EVALSHA, atomic on its own as always) and return each one's answer or exception, in
     order. A call that met NOSCRIPT (Redis restarted without its scripts) did nothing:
-    its script is loaded and that call runs once more."""
+    its script is loaded and that call runs once more. On a Redis Cluster, whose client
+    pipelines no scripts, the calls go concurrently instead, each to its own node."""
+    if isinstance(client, RedisCluster):
+        return list(
+            await asyncio.gather(
+                *(call.script(keys=call.keys, args=call.args) for call in calls),
+                return_exceptions=True,
+            )
+        )
     async with client.pipeline(transaction=False) as pipe:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
