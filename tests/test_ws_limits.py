@@ -27,6 +27,20 @@ from tests.room_client import (
 )
 
 
+def serving(
+    redis_url: str, factory: pytest.TempPathFactory, name: str, env: dict[str, str]
+) -> Iterator[LiveServer]:
+    server = LiveServer(redis_url, log_dir=factory.mktemp(name), env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# Chat unlimited, so a flood of long lines can fill a socket's buffers.
+FLOOD = {"GS_CHAT_RATE_PER_S": "100000", "GS_CHAT_BURST": "100000"}
+
+
 @pytest.fixture(scope="module")
 def limited_server(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -38,48 +52,41 @@ def limited_server(
         "GS_CHAT_BURST": "3",
         "GS_HISTORY_EVENTS": "10",
     }
-    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("limited"), env=env).start()
-    yield server
-    server.stop()
+    yield from serving(redis_url, tmp_path_factory, "limited", env)
 
 
 @pytest.fixture(scope="module")
 def small_queue_server(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    env = {
-        "GS_SOCKET_BUFFER_BYTES": "16384",
-        "GS_CHAT_RATE_PER_S": "100000",
-        "GS_CHAT_BURST": "100000",
-    }
-    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("smallq"), env=env).start()
-    yield server
-    server.stop()
+    env = {"GS_SOCKET_BUFFER_BYTES": "16384", **FLOOD}
+    yield from serving(redis_url, tmp_path_factory, "smallq", env)
 
 
 @pytest.fixture(scope="module")
 def compressing_server(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    env = {"GS_WS_COMPRESSION": "1"}
-    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("deflate"), env=env).start()
-    yield server
-    server.stop()
+    yield from serving(redis_url, tmp_path_factory, "deflate", {"GS_WS_COMPRESSION": "1"})
 
 
 @pytest.fixture(scope="module")
 def quick_drop_server(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    env = {
-        "GS_SOCKET_BUFFER_BYTES": "16384",
-        "GS_SLOW_CLOSE_TIMEOUT_S": "1",
-        "GS_CHAT_RATE_PER_S": "100000",
-        "GS_CHAT_BURST": "100000",
-    }
-    server = LiveServer(redis_url, log_dir=tmp_path_factory.mktemp("drop"), env=env).start()
-    yield server
-    server.stop()
+    env = {"GS_SOCKET_BUFFER_BYTES": "16384", "GS_SLOW_CLOSE_TIMEOUT_S": "1", **FLOOD}
+    yield from serving(redis_url, tmp_path_factory, "drop", env)
+
+
+async def never_reading(server: LiveServer, room_id: str) -> RoomClient:
+    """A viewer that stops reading at once: a tiny receive buffer, one frame of queue.
+    Before its server-side bound is reached, the kernel's buffers on both ends (a few MiB
+    on loopback) fill up: hence floods of long chat lines in the tests that use it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    return await RoomClient.open(server.ws_url, room_id, sock=sock, max_queue=1)
 
 
 @contextlib.asynccontextmanager
@@ -172,6 +179,31 @@ async def slow_readers_closed(http: httpx.AsyncClient) -> float:
     return metric((await http.get("/metrics")).text, "giftstream_slow_readers_closed_total")
 
 
+async def flood_until_a_slow_reader_is_closed(
+    http: httpx.AsyncClient, senders: list[RoomClient], before: float
+) -> int:
+    """Long chat lines from every sender, 250 each a round, until the server has closed
+    one more slow reader than `before`; how many lines were said."""
+
+    async def flood(client: RoomClient, n: int) -> None:
+        for i in range(n):
+            await client.send(chat(f"{i:04d} " + "x" * 195))
+        # Frames are served in order: the pong means every line was posted.
+        await client.send({"type": "ping"})
+        await client.until_type("pong")
+
+    said = 0
+    rounds = 0
+    while await slow_readers_closed(http) == before:
+        rounds += 1
+        assert rounds <= 100, "the never-reading viewer was never closed"
+        async with asyncio.TaskGroup() as tg:
+            for sender in senders:
+                tg.create_task(flood(sender, 250))
+        said += 250 * len(senders)
+    return said
+
+
 async def keep_reading(client: RoomClient) -> None:
     while True:
         await client.read()
@@ -184,38 +216,15 @@ async def test_a_reader_that_never_reads_is_closed_and_slows_no_one(
     async with client_of(server) as http:
         _, room_id = await live_room(http)
         url = server.ws_url
-        # A viewer that stops reading at once: a tiny receive buffer, one frame of queue.
-        # Before its server-side queue can fill, the kernel's buffers on both ends (a few
-        # MiB on loopback) fill up: hence a flood of long chat lines.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-        slow = await RoomClient.open(url, room_id, sock=sock, max_queue=1)
+        slow = await never_reading(server, room_id)
         opts: dict[str, Any] = {"max_queue": None}
         talkers = [await sign_up(http, name=f"Talker{i}") for i in range(4)]
         senders = [await RoomClient.open(url, room_id, token=t.token, **opts) for t in talkers]
         good = await RoomClient.open(url, room_id, **opts)
         before = await slow_readers_closed(http)
         reader = asyncio.create_task(keep_reading(good))
-        said = 0
-        rounds = 0
         try:
-
-            async def flood(client: RoomClient, n: int) -> None:
-                for i in range(n):
-                    await client.send(chat(f"{i:04d} " + "x" * 195))
-                # Frames are served in order: the pong means every line was posted.
-                await client.send({"type": "ping"})
-                await client.until_type("pong")
-
-            while await slow_readers_closed(http) == before:
-                rounds += 1
-                assert rounds <= 100, "the never-reading viewer was never closed"
-                async with asyncio.TaskGroup() as tg:
-                    for sender in senders:
-                        tg.create_task(flood(sender, 250))
-                said += 250 * len(senders)
+            said = await flood_until_a_slow_reader_is_closed(http, senders, before)
             assert not any(sender.answers for sender in senders)  # every line was taken
             last = await fence(senders[0])
             async with asyncio.timeout(60):
@@ -272,11 +281,7 @@ async def test_a_reader_that_reads_nothing_at_all_is_dropped_and_its_socket_free
     async with client_of(server) as http:
         _, room_id = await live_room(http)
         url = server.ws_url
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-        slow = await RoomClient.open(url, room_id, sock=sock, max_queue=1)
+        slow = await never_reading(server, room_id)
         talker = await sign_up(http, name="Talker")
         sender = await RoomClient.open(url, room_id, token=talker.token, max_queue=None)
 
@@ -285,14 +290,7 @@ async def test_a_reader_that_reads_nothing_at_all_is_dropped_and_its_socket_free
 
         try:
             assert await open_sockets() == 2
-            rounds = 0
-            while await slow_readers_closed(http) == 0:
-                rounds += 1
-                assert rounds <= 100, "the never-reading viewer was never closed"
-                for i in range(250):
-                    await sender.send(chat(f"{i:04d} " + "x" * 195))
-                await sender.send({"type": "ping"})
-                await sender.until_type("pong")
+            await flood_until_a_slow_reader_is_closed(http, [sender], 0)
             # Its 1008 waits behind megabytes it will never read: after the timeout the
             # server drops the connection and frees what it held.
             async with asyncio.timeout(15):
