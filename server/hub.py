@@ -5,8 +5,9 @@ channel is subscribed while this process has at least one viewer in it. Events a
 for a room are coalesced, at most one flush per window per room (an event after a quiet
 spell goes out at once; the window is `coalesce_ms`, wider for a room too big to flush
 that often within `fanout_frames_per_s`), encoded once per flush, and the same bytes are
-offered to every local viewer of the room: written straight into its socket (`DirectViewer`), or,
-under a server that allows no such thing, queued for its writer task (`QueuedViewer`).
+offered to every local viewer of the room: written straight into its socket
+(`DirectViewer`), or, under a server that allows no such thing, queued for its writer
+task (`QueuedViewer`).
 Offering never waits; each socket's unsent frames are bounded, and a viewer past the
 bound is dropped from the room and told to close (1008) instead of slowing anyone else.
 
