@@ -22,7 +22,6 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server.embedded import EmbeddedRedis, free_port
+from server.child import ServerProcess
+from server.embedded import EmbeddedRedis
 
 APPROVED_CARD = "4242424242424242"
 
@@ -58,41 +58,16 @@ class Run:
     frames: list[int] = field(default_factory=list)
 
 
-def start_server(redis_url: str, data_dir: Path, run: Run) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def server_for(redis_url: str, data_dir: Path, run: Run) -> ServerProcess:
     env = {
-        **os.environ,
         "REDIS_URL": redis_url,
-        "GS_HOST": "127.0.0.1",
-        "GS_PORT": str(port),
         "GS_TOKEN_SECRET": secrets.token_urlsafe(32),
         "GS_DATA_DIR": str(data_dir),
         "GS_WORKERS": str(run.workers),
     }
     if run.coalesce_ms is not None:
         env["GS_COALESCE_MS"] = str(run.coalesce_ms)
-    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - the child holds it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited at start; see {data_dir / 'server.log'}")
-        try:
-            if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("the server did not answer /healthz")
+    return ServerProcess(env=env, log_path=data_dir / "server.log")
 
 
 async def sign_up(http: httpx.AsyncClient, name: str, *, coins: bool) -> tuple[str, str]:
@@ -300,17 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="giftstream-bench-") as tmp:
         data_dir = Path(tmp)
         with EmbeddedRedis(data_dir / "redis") as redis_server:
-            proc, http_url = start_server(redis_server.url, data_dir, run)
-            try:
-                ws_url = http_url.replace("http://", "ws://")
-                asyncio.run(asyncio.wait_for(measure(run, ws_url, http_url), args.timeout))
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            with server_for(redis_server.url, data_dir, run) as server:
+                measured = measure(run, server.ws_url, server.url)
+                asyncio.run(asyncio.wait_for(measured, args.timeout))
     return 0
 
 

@@ -13,17 +13,15 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import psutil
 
-from server.embedded import free_port
+from server import child
 
 REPLY_LIMIT = 1 << 28
 
@@ -215,60 +213,40 @@ async def run_to_end(
 
 
 class ServerProcess:
-    """`python -m server` (the entry point users start) on 127.0.0.1 and a free port."""
+    """`python -m server` as the tests and the load runner start it (`server.child`), named,
+    in the fleet, started and stopped without holding up the bench's event loop. `env` is
+    its whole environment."""
 
     def __init__(self, name: str, *, env: dict[str, str], fleet: Fleet, log_dir: Path) -> None:
         self.name = name
-        self.port = free_port()
-        self.env = {**env, "GS_HOST": "127.0.0.1", "GS_PORT": str(self.port)}
         self.fleet = fleet
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._child = child.ServerProcess(base_env=env, log_path=log_dir / f"{name}.log")
+
+    @property
+    def port(self) -> int:
+        return self._child.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._child.url
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        return self._child.pid
 
     async def start(self, *, timeout: float = 30.0) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.fleet.add(self.proc.pid, self.name)
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise ChildFailed(f"{self.name} exited at start, see {self.log_path}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(self.url + "/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise ChildFailed(f"{self.name} did not answer /healthz within {timeout}s")
+        try:
+            await asyncio.to_thread(self._child.start, timeout_s=timeout)
+        except child.ServerStartError as exc:
+            raise ChildFailed(f"{self.name}: {exc}") from exc
+        self.fleet.add(self._child.pid, self.name)
 
     async def stop(self, *, grace: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
+        if self._child.proc is None:
             return
-        _terminate_group(proc.pid)
-        deadline = time.monotonic() + grace
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        _kill_group(proc.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        self.fleet.discard(proc.pid)
+        pid = self._child.pid
+        await asyncio.to_thread(self._child.stop, timeout_s=grace)
+        self.fleet.discard(pid)
 
 
 # --- measuring processes ------------------------------------------------------------

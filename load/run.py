@@ -29,7 +29,7 @@ import httpx
 
 from load.report import build_summary, read_failures, read_stats, render_markdown, render_text
 from load.resources import ResourceSampler
-from load.server_process import ServerProcess, ServerStartError
+from server.child import ServerProcess, ServerStartError
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -123,7 +123,7 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from server.embedded import EmbeddedRedis, free_port
+    from server.embedded import EmbeddedRedis
 
     sampler = ResourceSampler()
     with contextlib.ExitStack() as stack:
@@ -133,12 +133,13 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             redis = stack.enter_context(EmbeddedRedis(data_dir=out / "redis"))
             redis_url: str | None = redis.url
             server = ServerProcess(
-                port=free_port(),
-                redis_url=redis.url,
-                workers=args.workers,
-                data_dir=out / "server-data",
+                env={
+                    "REDIS_URL": redis.url,
+                    "GS_WORKERS": str(args.workers),
+                    "GS_DATA_DIR": str(out / "server-data"),
+                    **dict(item.split("=", 1) for item in args.server_env),
+                },
                 log_path=out / "server.log",
-                extra_env=dict(item.split("=", 1) for item in args.server_env),
                 cwd=REPO,
             )
             stack.enter_context(server)

@@ -7,29 +7,13 @@ Everything it starts stops with Ctrl-C, or by itself after `--minutes`.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import httpx
-
+from server.child import ServerProcess, ServerStartError
 from server.settings import Settings, SettingsError
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("demo: the server exited at start (see the lines above)")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("demo: the server did not answer /healthz in time")
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -56,14 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=60, help="stop by itself after this")
     args = parser.parse_args(argv)
 
-    url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "GS_PORT": str(args.port)}
     # The children in sessions of their own: a Ctrl-C reaches only this process, which
     # stops the bots first and then the server (which stops its Redis).
-    server = subprocess.Popen([sys.executable, "-m", "server"], env=env, start_new_session=True)
+    server = ServerProcess(port=args.port)
+    url = server.url
     bots: subprocess.Popen[bytes] | None = None
     try:
-        wait_healthy(url, server)
+        try:
+            server.start()
+        except ServerStartError as exc:
+            print(f"demo: {exc} (see the lines above)", file=sys.stderr)
+            return 1
         bots = subprocess.Popen(
             [
                 sys.executable,
@@ -79,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
                 str(int(args.minutes * 60)),
                 "--quiet",
             ],
-            env=env,
             start_new_session=True,
         )
         print(
@@ -88,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         deadline = time.monotonic() + args.minutes * 60
-        while time.monotonic() < deadline and server.poll() is None:
+        while time.monotonic() < deadline and server.proc and server.proc.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         stop(bots)
-        stop(server)
+        server.stop()
     return 0
 
 

@@ -46,8 +46,10 @@ def test_image_starts_the_entry_point_the_tests_start() -> None:
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     cmd = [line for line in lines if line.startswith("CMD ")]
     assert [json.loads(c[4:]) for c in cmd] == [["python", "-m", "server"]]
-    live_server = (ROOT / "tests/live_server.py").read_text()
+    # Every test server is a server.child.ServerProcess (tests/live_server.py).
+    live_server = (ROOT / "server/child.py").read_text()
     assert '[sys.executable, "-m", "server"]' in live_server
+    assert "(ServerProcess)" in (ROOT / "tests/live_server.py").read_text()
     user = [line for line in lines if line.startswith("USER ")]
     assert user and user[-1].split()[1] not in ("root", "0")
     assert any(line.startswith("HEALTHCHECK") for line in lines)

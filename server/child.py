@@ -1,0 +1,134 @@
+"""`python -m server` as a child process on 127.0.0.1: how the demo, the tests, the load
+runner and the benchmark start the server (the image's entry point too), configured only
+through its environment.
+
+The child leads a process group of its own, with its worker processes: a Ctrl-C in the
+terminal reaches only whoever started it, which stops it in order, and `stop` or `kill`
+leave no worker behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from server.embedded import free_port
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """`with ServerProcess(env={...}) as server: server.url` starts it on `port` (a free
+    one by default), waits for /healthz, and stops it on exit. Its environment is
+    `base_env` (this process's by default) with `env` over it; its output goes to
+    `log_path`, or to this process's own output without one."""
+
+    def __init__(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.env = dict(env or {})
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.log_path = log_path
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the server is not running")
+        return self.proc.pid
+
+    def start(self, *, timeout_s: float = 30.0) -> ServerProcess:
+        env = {**self.base_env, "GS_HOST": "127.0.0.1", "GS_PORT": str(self.port), **self.env}
+        log: int | None = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server"],
+                env=env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT if log is not None else None,
+                start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                os.close(log)
+        where = f"; see {self.log_path}" if self.log_path else ""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError(f"the server exited at start{where}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise ServerStartError(f"the server did not answer /healthz in {timeout_s:g} s{where}")
+
+    def stop(self, *, timeout_s: float = 15.0) -> None:
+        """SIGTERM (a clean shutdown: the server stops its embedded Redis too), then
+        SIGKILL for whatever of its group is left after `timeout_s`."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL to the server and its workers at once, as a crash would."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
