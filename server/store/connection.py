@@ -49,9 +49,12 @@ class Scripts:
 
 
 def load_scripts(client: Client) -> Scripts:
+    """Every script, with the shared helpers of `_idempotency.lua` in front of it (a script
+    sent by EVALSHA cannot include another)."""
     lua = resources.files("server.store") / "lua"
+    shared = (lua / "_idempotency.lua").read_text("utf-8")
     loaded: dict[str, Any] = {
-        name: client.register_script((lua / f"{name}.lua").read_text("utf-8"))
+        name: client.register_script(shared + (lua / f"{name}.lua").read_text("utf-8"))
         for name in SCRIPT_NAMES
     }
     return Scripts(**loaded)

@@ -1,5 +1,6 @@
 -- debit_gift: step 1 of the gift saga (DESIGN section 3), in the sender's bucket.
 -- Atomic; idempotent by (sender, request_id): a retry replays the first answer.
+-- replay and remember: _idempotency.lua, loaded in front of this script.
 --
 -- KEYS[1] profile hash      gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash       gs:{w<b>}:wallet:<uid>
@@ -16,15 +17,10 @@
 -- ARGV[6] transfer payload (JSON, stored in the pending hash for steps 2-4)
 -- Returns {"transfer_id", "coins", "replayed"} or {"error", "message"}; a refusal writes nothing.
 
-local seen = redis.call('HMGET', KEYS[4], 'h', 'a')
-if seen[1] then
-  if seen[1] ~= ARGV[1] then
-    return cjson.encode({error = 'bad_request',
-      message = 'this request_id was used for another gift'})
-  end
-  local answer = cjson.decode(seen[2])
-  answer['replayed'] = true
-  return cjson.encode(answer)
+local replayed = replay(KEYS[4], ARGV[1], 'bad_request',
+  'this request_id was used for another gift')
+if replayed then
+  return replayed
 end
 
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -63,6 +59,5 @@ redis.call('XADD', KEYS[3], '*', 'kind', 'gift_sent', 'coins', -price, 'diamonds
   'coins_after', balance, 'ref', ARGV[2], 'ts', ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[2], ARGV[6])
 local answer = cjson.encode({transfer_id = ARGV[2], coins = balance, replayed = false})
-redis.call('HSET', KEYS[4], 'h', ARGV[1], 'a', answer)
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+remember(KEYS[4], ARGV[1], answer, ARGV[5])
 return answer

@@ -1,5 +1,6 @@
 -- recharge: credit a coin package to a wallet after a (simulated) payment.
 -- One atomic step, idempotent by (user, idempotency key).
+-- replay and remember: _idempotency.lua, loaded in front of this script.
 --
 -- KEYS[1] profile hash     gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash      gs:{w<b>}:wallet:<uid>
@@ -16,15 +17,10 @@
 -- Returns a JSON answer: {"recharge_id", "coins", "added", "price_cents", "package_id",
 -- "replayed"} or {"error": code, "message": text}. Nothing is written on a refusal.
 
-local seen = redis.call('HMGET', KEYS[4], 'h', 'a')
-if seen[1] then
-  if seen[1] ~= ARGV[1] then
-    return cjson.encode({error = 'idempotency_conflict',
-      message = 'this idempotency_key was used with another request'})
-  end
-  local answer = cjson.decode(seen[2])
-  answer['replayed'] = true
-  return cjson.encode(answer)
+local replayed = replay(KEYS[4], ARGV[1], 'idempotency_conflict',
+  'this idempotency_key was used with another request')
+if replayed then
+  return replayed
 end
 
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -50,6 +46,5 @@ redis.call('XADD', KEYS[3], '*', 'kind', 'recharge', 'coins', coins, 'diamonds',
   'ts', ARGV[7])
 local answer = cjson.encode({recharge_id = ARGV[6], coins = balance, added = coins,
   price_cents = tonumber(ARGV[4]), package_id = ARGV[5], replayed = false})
-redis.call('HSET', KEYS[4], 'h', ARGV[1], 'a', answer)
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]))
+remember(KEYS[4], ARGV[1], answer, ARGV[8])
 return answer

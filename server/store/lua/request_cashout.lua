@@ -1,5 +1,6 @@
 -- request_cashout: phase 1 of a cash-out: diamonds move from the balance to `locked`.
 -- Atomic; idempotent by (user, idempotency key). All checks come before any write.
+-- replay and remember: _idempotency.lua, loaded in front of this script.
 --
 -- KEYS[1] profile hash      gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash       gs:{w<b>}:wallet:<uid>
@@ -19,15 +20,10 @@
 -- ARGV[9] today, YYYYMMDD (UTC)
 -- Returns {"cashout_id", "status", "diamonds", "usd_cents", "replayed"} or {"error", "message"}.
 
-local seen = redis.call('HMGET', KEYS[4], 'h', 'a')
-if seen[1] then
-  if seen[1] ~= ARGV[1] then
-    return cjson.encode({error = 'idempotency_conflict',
-      message = 'this idempotency_key was used with another request'})
-  end
-  local answer = cjson.decode(seen[2])
-  answer['replayed'] = true
-  return cjson.encode(answer)
+local replayed = replay(KEYS[4], ARGV[1], 'idempotency_conflict',
+  'this idempotency_key was used with another request')
+if replayed then
+  return replayed
 end
 
 local p = redis.call('HMGET', KEYS[1], 'status', 'verified', 'payout')
@@ -72,6 +68,5 @@ redis.call('XADD', KEYS[3], '*', 'kind', 'cashout_requested', 'coins', 0, 'diamo
   'ts', ARGV[6])
 local answer = cjson.encode({cashout_id = ARGV[2], status = 'pending', diamonds = amount,
   usd_cents = tonumber(ARGV[4]), replayed = false})
-redis.call('HSET', KEYS[4], 'h', ARGV[1], 'a', answer)
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]))
+remember(KEYS[4], ARGV[1], answer, ARGV[8])
 return answer
