@@ -34,7 +34,7 @@ from server.errors import (
     RoomNotLive,
     Unauthorized,
 )
-from server.hub import QueuedViewer, RoomHub, Viewer
+from server.hub import DirectViewer, QueuedViewer, RoomHub, Viewer
 from server.protocol import (
     PONG,
     ChatFrame,
@@ -132,23 +132,14 @@ class RoomSession:
         self.chat_bucket = TokenBucket(rate_per_s=s.chat_rate_per_s, burst=s.chat_burst, now=now)
 
     async def serve(self) -> None:
-        try:
-            await self._admit()
-        except Refusal as exc:
-            await self._close(close_code(exc), exc.message)
-            return
-        except Exception as exc:
-            if not _is_store_error(exc):
-                raise
-            metrics.REDIS_ERRORS.inc()
-            log.warning("websocket refused, redis unavailable: %s", exc)
-            await self._close(CLOSE_TRY_AGAIN_LATER, "the store is unavailable; try again")
-            return
-        direct: DirectSocket | None = self.ws.scope.get(SCOPE_KEY)
-        metrics.SOCKETS_ACCEPTED.labels(writer="queued" if direct is None else "direct").inc()
-        viewer = self.hub.viewer(self.user.user_id if self.user else None, direct)
+        viewer: Viewer | None = None
         try:
             try:
+                await self._admit()
+                direct: DirectSocket | None = self.ws.scope.get(SCOPE_KEY)
+                writer = "queued" if direct is None else "direct"
+                metrics.SOCKETS_ACCEPTED.labels(writer=writer).inc()
+                viewer = self.hub.viewer(self.user.user_id if self.user else None, direct)
                 await self.hub.join(self.room_id, viewer)
                 started = await self._welcome(viewer)
             except Refusal as exc:
@@ -158,6 +149,7 @@ class RoomSession:
                 if not _is_store_error(exc):
                     raise
                 metrics.REDIS_ERRORS.inc()
+                log.warning("websocket refused, redis unavailable: %s", exc)
                 await self._close(CLOSE_TRY_AGAIN_LATER, "the store is unavailable; try again")
                 return
             if not started:
@@ -165,7 +157,8 @@ class RoomSession:
                 return
             await self._converse(viewer)
         finally:
-            self.hub.leave(self.room_id, viewer)
+            if viewer is not None:
+                self.hub.leave(self.room_id, viewer)
 
     async def _close(self, code: int, reason: str) -> None:
         # The peer may be gone already: then there is no one to tell.
@@ -267,9 +260,8 @@ class RoomSession:
             # The hub no longer offers frames to this socket. Its close frame waits behind
             # what the peer has not read yet; a peer that reads nothing is dropped.
             timeout = self.svc.settings.slow_close_timeout_s
-            direct: DirectSocket | None = self.ws.scope.get(SCOPE_KEY)
-            if direct is not None:
-                direct.abort_after(timeout)
+            if isinstance(viewer, DirectViewer):
+                viewer.socket.abort_after(timeout)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<seq>")
