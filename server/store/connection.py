@@ -49,10 +49,10 @@ class Scripts:
 
 
 def load_scripts(client: Client) -> Scripts:
-    """Every script, with the shared helpers of `_idempotency.lua` in front of it (a script
-    sent by EVALSHA cannot include another)."""
+    """Every script, with the shared helpers of `_common.lua` in front of it (a script sent
+    by EVALSHA cannot include another)."""
     lua = resources.files("server.store") / "lua"
-    shared = (lua / "_idempotency.lua").read_text("utf-8")
+    shared = (lua / "_common.lua").read_text("utf-8")
     loaded: dict[str, Any] = {
         name: client.register_script(shared + (lua / f"{name}.lua").read_text("utf-8"))
         for name in SCRIPT_NAMES

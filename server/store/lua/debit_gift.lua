@@ -1,6 +1,6 @@
 -- debit_gift: step 1 of the gift saga (DESIGN section 3), in the sender's bucket.
 -- Atomic; idempotent by (sender, request_id): a retry replays the first answer.
--- replay and remember: _idempotency.lua, loaded in front of this script.
+-- replay, remember, refuse_inactive: _common.lua, loaded in front of this script.
 --
 -- KEYS[1] profile hash      gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash       gs:{w<b>}:wallet:<uid>
@@ -23,12 +23,9 @@ if replayed then
   return replayed
 end
 
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return cjson.encode({error = 'unauthorized', message = 'no such user'})
-end
-if status ~= 'active' then
-  return cjson.encode({error = 'forbidden', message = 'this account is suspended'})
+local inactive = refuse_inactive(KEYS[1], 'forbidden')
+if inactive then
+  return inactive
 end
 
 local price = tonumber(ARGV[3])

@@ -1,6 +1,6 @@
 -- recharge: credit a coin package to a wallet after a (simulated) payment.
 -- One atomic step, idempotent by (user, idempotency key).
--- replay and remember: _idempotency.lua, loaded in front of this script.
+-- replay, remember, refuse_inactive: _common.lua, loaded in front of this script.
 --
 -- KEYS[1] profile hash     gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash      gs:{w<b>}:wallet:<uid>
@@ -23,12 +23,9 @@ if replayed then
   return replayed
 end
 
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return cjson.encode({error = 'unauthorized', message = 'no such user'})
-end
-if status ~= 'active' then
-  return cjson.encode({error = 'suspended', message = 'this account is suspended'})
+local inactive = refuse_inactive(KEYS[1], 'suspended')
+if inactive then
+  return inactive
 end
 if ARGV[2] == 'payment_declined' then
   return cjson.encode({error = 'payment_declined', message = 'the card was declined'})

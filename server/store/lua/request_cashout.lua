@@ -1,6 +1,6 @@
 -- request_cashout: phase 1 of a cash-out: diamonds move from the balance to `locked`.
 -- Atomic; idempotent by (user, idempotency key). All checks come before any write.
--- replay and remember: _idempotency.lua, loaded in front of this script.
+-- replay and remember: _common.lua, loaded in front of this script.
 --
 -- KEYS[1] profile hash      gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash       gs:{w<b>}:wallet:<uid>

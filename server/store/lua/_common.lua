@@ -1,5 +1,5 @@
--- Shared by every script that is idempotent by a key: put in front of each script when
--- the scripts are loaded (server/store/connection.py), so the rule is written once.
+-- What several scripts share, written once: put in front of every script when the
+-- scripts are loaded (server/store/connection.py).
 --
 -- replay(key, body_hash, code, message): the idempotency hash `key` holds the first
 -- answer given for this key ('a') and the hash of the request's body ('h').
@@ -7,6 +7,8 @@
 --   the same body:        that answer again, marked "replayed"
 --   another body:         {"error": code, "message": message}
 -- remember(key, body_hash, answer, ttl): keep `answer` for replays, for `ttl` seconds.
+-- refuse_inactive(profile_key, suspended_code): an error answer for a user who does not
+-- exist (unauthorized) or is suspended (`suspended_code`); nil for an active one.
 
 local function replay(key, body_hash, code, message)
   local seen = redis.call('HMGET', key, 'h', 'a')
@@ -24,5 +26,16 @@ end
 local function remember(key, body_hash, answer, ttl)
   redis.call('HSET', key, 'h', body_hash, 'a', answer)
   redis.call('EXPIRE', key, tonumber(ttl))
+end
+
+local function refuse_inactive(profile_key, suspended_code)
+  local status = redis.call('HGET', profile_key, 'status')
+  if not status then
+    return cjson.encode({error = 'unauthorized', message = 'no such user'})
+  end
+  if status ~= 'active' then
+    return cjson.encode({error = suspended_code, message = 'this account is suspended'})
+  end
+  return nil
 end
 
