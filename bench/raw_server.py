@@ -20,13 +20,12 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from bench.limits import raise_fd_limit
+from bench.limits import run_fast
 
 
 def raw_frame(*, first_seq: int, events: int, event_bytes: int, sent_at: float) -> str:
@@ -151,15 +150,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=900.0)
     args = parser.parse_args()
-    raise_fd_limit()
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main_async(args.port, args.max_seconds))
+    run_fast(main_async(args.port, args.max_seconds))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from bench.clients import GiftSender, RoomViewer, TimedViewer
-from bench.limits import raise_fd_limit
+from bench.limits import run_fast
 from bench.wire import ClosedBeforeWelcome, HandshakeFailed, connect
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -347,15 +347,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker")
     parser.add_argument("--max-seconds", type=float, default=900.0)
     args = parser.parse_args()
-    raise_fd_limit()
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main_async(args.max_seconds))
+    run_fast(main_async(args.max_seconds))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from server.economy import PaymentOutcome
-from server.errors import IdempotencyConflict, InsufficientCoins, SpendingLimitReached
+from server.errors import Forbidden, IdempotencyConflict, InsufficientCoins, SpendingLimitReached
 from server.services import Services
 from server.store.gifts import GiftOrder, GiftReceipt
 from server.store.keys import RoomKeys, UserKeys
@@ -148,6 +148,12 @@ async def test_refused_debit_writes_nothing(services: Services) -> None:
     assert await services.redis.xlen(k.ledger) == before
     assert await services.redis.hlen(k.pending) == 0
     assert (await services.rooms.events_since(room[1], 0))[0] == []
+    # A suspended sender is refused before anything is written, too.
+    await services.wallets.set_status(sender, "suspended")
+    with pytest.raises(Forbidden):
+        await services.gifts.send(order(services, sender, room))
+    assert (await services.wallets.wallet(sender))["coins"] == 100
+    assert await services.redis.xlen(k.ledger) == before
 
 
 async def test_spending_cap_allows_reaching_it_exactly(services: Services) -> None:
