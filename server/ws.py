@@ -347,7 +347,8 @@ class RoomSession:
         economy.check_gift_allowed(sender_id=user.user_id, creator_id=self.creator_id)
         if not self.hub.is_live(self.room_id):
             raise RoomNotLive("this live has ended")
-        receipt = await self.svc.gifts.send(
+        gifts = self.svc.gifts
+        receipt = await gifts.debit(
             GiftOrder(
                 sender_id=user.user_id,
                 sender_name=user.name,
@@ -358,13 +359,21 @@ class RoomSession:
                 request_id=frame.request_id,
             )
         )
+        # Acked once debited (DESIGN section 3); steps 2-4 follow before the next frame.
         self._reply(viewer, ack_frame(frame.request_id, receipt.coins))
+        metrics.GIFT_ACK_SECONDS.observe(time.perf_counter() - started)
         metrics.GIFTS.labels(result="acked").inc()
         if not receipt.replayed:
-            coins = frame.gift.coins * frame.count
+            coins = economy.gift_total(frame.gift, frame.count)
             metrics.COINS_SPENT.inc(coins)
-            metrics.DIAMONDS_CREDITED.inc(coins * self.svc.settings.diamonds_per_coin)
-        metrics.GIFT_ACK_SECONDS.observe(time.perf_counter() - started)
+            metrics.DIAMONDS_CREDITED.inc(
+                economy.diamonds_for(coins, self.svc.settings.diamonds_per_coin)
+            )
+        try:
+            await gifts.complete(receipt)
+        except Exception as exc:  # noqa: BLE001 - acked already: the sweeper finishes it
+            metrics.REDIS_ERRORS.inc()
+            log.warning("gift %s: steps 2-4 failed (%s); the sweeper finishes it", receipt, exc)
 
     async def _chat(self, frame: ChatFrame) -> None:
         user = self._need_user("chat")

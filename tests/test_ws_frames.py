@@ -67,6 +67,7 @@ async def test_each_bad_frame_gets_an_error_and_the_connection_keeps_working(
         await client.send({"type": "ping"})
         assert (await client.read()) == {"type": "pong"}
         assert (await client.request(gift()))["coins"] == 99
+        await client.until_seq(1)  # credited before it is shown (steps 2-4 follow the ack)
         assert (await http.get("/api/wallet", headers=creator.headers)).json()["diamonds"] == 1
     finally:
         await client.close()

@@ -1,6 +1,7 @@
 """The gift saga (DESIGN section 3): debit, then credit + publish + settle, then the sweeper.
 
-1. debit (sender's bucket): atomic, idempotent by (sender, request_id). Acks the sender.
+1. debit (sender's bucket): atomic, idempotent by (sender, request_id). Acks the sender
+   (`debit`; the WebSocket acks before steps 2-4, as DESIGN section 3 says).
 2. credit (creator's bucket): once per transfer id.
 3. publish (room's tag): once per transfer id.
 4. settle (sender's bucket): removes the pending transfer.
@@ -19,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -51,9 +52,14 @@ class GiftOrder:
 
 @dataclass(frozen=True, slots=True)
 class GiftReceipt:
+    """Step 1's answer: the sender's balance after it. `complete` takes it on."""
+
     transfer_id: str
     coins: int
     replayed: bool
+    sender_id: str = field(default="", compare=False, repr=False)
+    # The transfer this debit recorded (None when it replayed an earlier one).
+    transfer: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 class GiftSaga:
@@ -67,9 +73,15 @@ class GiftSaga:
         return UserKeys.of(user_id, self._settings.wallet_buckets)
 
     async def send(self, order: GiftOrder) -> GiftReceipt:
-        """Debit the sender, then credit, publish and settle. Idempotent by
-        (sender, request_id): a retry is never charged twice, and finishes the steps a
-        crash may have left undone. Raises a `Refusal` (nothing written) when refused."""
+        """The whole saga: `debit`, then `complete`."""
+        receipt = await self.debit(order)
+        await self.complete(receipt)
+        return receipt
+
+    async def debit(self, order: GiftOrder) -> GiftReceipt:
+        """Step 1: debit the sender (the sender may be acked on its answer). Idempotent
+        by (sender, request_id): a retry is never charged twice. Raises a `Refusal`
+        (nothing written) when refused."""
         total = economy.gift_total(order.gift, order.count)
         k = self._user(order.sender_id)
         now = now_ms()
@@ -108,17 +120,25 @@ class GiftSaga:
                 ],
             )
         )
-        receipt = GiftReceipt(
-            str(answer["transfer_id"]), int(answer["coins"]), bool(answer["replayed"])
+        replayed = bool(answer["replayed"])
+        return GiftReceipt(
+            str(answer["transfer_id"]),
+            int(answer["coins"]),
+            replayed,
+            sender_id=order.sender_id,
+            transfer=None if replayed else transfer,
         )
-        if receipt.replayed:
-            # The first attempt may have died before steps 2-4: finish it if still pending.
-            raw = await self._r.hget(k.pending, receipt.transfer_id)
-            if raw is not None:
-                await self.finish(orjson.loads(raw))
-        else:
-            await self.finish(transfer)
-        return receipt
+
+    async def complete(self, receipt: GiftReceipt) -> None:
+        """Steps 2-4 after `debit`: for a replay, whatever the first attempt (which may
+        have died) left pending. Idempotent; what fails here the sweeper finishes."""
+        transfer = receipt.transfer
+        if transfer is None:
+            raw = await self._r.hget(self._user(receipt.sender_id).pending, receipt.transfer_id)
+            if raw is None:
+                return
+            transfer = orjson.loads(raw)
+        await self.finish(transfer)
 
     async def finish(self, transfer: dict[str, Any]) -> None:
         """Steps 2-4 for one pending transfer, in one pipelined round trip. Idempotent."""
