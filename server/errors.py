@@ -107,33 +107,8 @@ class Unavailable(Refusal):
     code = "unavailable"
 
 
-REFUSALS: dict[str, type[Refusal]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest,
-        Unauthorized,
-        Forbidden,
-        Underage,
-        RegionUnavailable,
-        Suspended,
-        NotFound,
-        IdempotencyConflict,
-        PaymentDeclined,
-        InsufficientFunds,
-        UnknownGift,
-        UnknownPackage,
-        InsufficientCoins,
-        InsufficientDiamonds,
-        SpendingLimitReached,
-        BelowMinimum,
-        OverDailyLimit,
-        NotVerified,
-        NoPayoutMethod,
-        RoomNotLive,
-        RateLimited,
-        Unavailable,
-    )
-}
+# Every refusal by its code (each class above is a direct subclass of Refusal).
+REFUSALS: dict[str, type[Refusal]] = {cls.code: cls for cls in Refusal.__subclasses__()}
 
 
 def refusal_from_code(code: str, message: str) -> Refusal:

@@ -201,7 +201,8 @@ class WalletStore:
         k = self.keys(user_id)
         cashout_id = "co" + secrets.token_hex(8)
         now = now_ms()
-        day, _ = economy.spending_periods(dt.datetime.now(dt.UTC))
+        # The day the cash-out counts towards, from the same instant as its timestamps.
+        day, _ = economy.spending_periods(dt.datetime.fromtimestamp(now / 1000, dt.UTC))
         answer = await self._scripts.request_cashout(
             keys=[
                 k.profile,
