@@ -1,7 +1,7 @@
 """Gift latency: from a gift's send to the other viewers' sockets.
 
     python -m bench.gift_latency [--viewers 50] [--senders 20] [--gifts 3000] [--rate 300]
-                                 [--coalesce-ms N] [--workers N]
+                                 [--fanout-cpu-share X] [--workers N]
 
 Starts its own embedded Redis and one giftstream server (`python -m server`) on loopback
 ports, fills one room with anonymous viewers, and has signed-in senders send gifts (a
@@ -47,7 +47,7 @@ class Run:
     senders: int
     gifts: int
     rate: float
-    coalesce_ms: int | None
+    fanout_cpu_share: float | None
     workers: int
     # (sender_id, n) -> perf_counter at send / at ack
     sent_at: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -65,8 +65,8 @@ def server_for(redis_url: str, data_dir: Path, run: Run) -> ServerProcess:
         "GS_DATA_DIR": str(data_dir),
         "GS_WORKERS": str(run.workers),
     }
-    if run.coalesce_ms is not None:
-        env["GS_COALESCE_MS"] = str(run.coalesce_ms)
+    if run.fanout_cpu_share is not None:
+        env["GS_FANOUT_CPU_SHARE"] = str(run.fanout_cpu_share)
     return ServerProcess(env=env, log_path=data_dir / "server.log")
 
 
@@ -228,8 +228,8 @@ async def measure(run: Run, ws_url: str, http_url: str) -> None:
         f"{os.getloadavg()[0]:.2f} after (other work on this machine shows here)"
     )
     print(
-        f"  server: 1 process x {run.workers} worker(s), coalesce window "
-        f"{run.coalesce_ms if run.coalesce_ms is not None else 'default (20)'} ms, "
+        f"  server: 1 process x {run.workers} worker(s), fan-out CPU share "
+        f"{run.fanout_cpu_share if run.fanout_cpu_share is not None else 'default (0.5)'}, "
         "no per-message compression"
     )
     print(
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--gifts", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=300.0, help="gifts per second in all")
-    parser.add_argument("--coalesce-ms", type=int, default=None)
+    parser.add_argument("--fanout-cpu-share", type=float, default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this")
     args = parser.parse_args(argv)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         senders=args.senders,
         gifts=args.gifts,
         rate=args.rate,
-        coalesce_ms=args.coalesce_ms,
+        fanout_cpu_share=args.fanout_cpu_share,
         workers=args.workers,
     )
     with tempfile.TemporaryDirectory(prefix="giftstream-bench-") as tmp:

@@ -222,7 +222,7 @@ class Bench:
             "client_loop": infos[0]["loop"],
             "server_processes": 1,
             "server_env": shown_env,
-            "coalesce_ms": 20,
+            "fanout_cpu_share": 0.5,
             "socket_buffer_bytes": 1024 * 1024,
             "host": "127.0.0.1 only",
         }
@@ -237,8 +237,8 @@ class Bench:
         limits = ", ".join(f"{k} {v['soft']}/{v['hard']}" for k, v in c["fd_limit"].items())
         self.say(f"fd limit (soft/hard): {limits}")
         self.say(
-            f"server: python -m server, 1 process, coalescing window 20 ms (wider for a room "
-            f"over 25,000 frames/s: 200 ms at 5,000 viewers), socket buffer 1 MiB; "
+            f"server: python -m server, 1 process, fan-out paced to half a core (a quiet "
+            f"room's event at once), socket buffer 1 MiB; "
             f"env {', '.join(f'{k}={v}' for k, v in shown_env.items())}"
         )
         self.say(

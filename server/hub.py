@@ -2,27 +2,23 @@
 
 DESIGN section 5. One Redis subscribe connection per process (`RoomChannels`); a room's
 channel is subscribed while this process has at least one viewer in it. Events arriving
-for a room are coalesced, at most one flush per window per room (an event after a quiet
-spell goes out at once; the window is `coalesce_ms`, wider for a room too big to flush
-that often within `fanout_frames_per_s`), encoded once per flush, and the same bytes are
-offered to every local viewer of the room: written straight into its socket
-(`DirectViewer`), or, under a server that allows no such thing, queued for its writer
-task (`QueuedViewer`).
-Offering never waits; each socket's unsent frames are bounded, and a viewer past the
-bound is dropped from the room and told to close (1008) instead of slowing anyone else.
+for a room wait in its `RoomSequence` until the room's next flush, which `FlushPacer`
+times: at once after a quiet spell, else spaced so that the room's writes stay within its
+share of the CPU (`fanout_cpu_share`, divided among the rooms that flushed in the last
+second). A flush's events are encoded once (`Batch`), and the same bytes are offered to
+every local viewer of the room (`server.viewers`), in slices of at most
+`fanout_slice_ms` across turns of the loop (`Broadcaster`), so acks and reads go on
+while a big room is written. Offering never waits; each socket's unsent bytes are
+bounded, and a viewer past the bound is dropped from the room and told to close (1008)
+instead of slowing anyone else.
 
-Ordering and exactly-once: events carry the room's `seq`. Per room the hub keeps the
-highest seq it has queued and drops anything at or below it, so an event is queued at
-most once per viewer. A viewer joins in two steps: `join` (events that arrive from then
-on are held for it), then `start` with its welcome and history frames and the seq those
-cover; held events above that seq follow, then live ones. When the subscribe connection
-is lost, each room's missed events are read back from its history once its channel is
-subscribed again, before anything newer is flushed.
+Ordering and exactly-once are `server.sequencing`'s rules: a viewer joins in two steps,
+`join` (events that arrive from then on are held for it), then `start` with its welcome
+and history frames and the seq those cover; held events above that seq follow, then live
+ones. When the subscribe connection is lost, each room's missed events are read back from
+its history once its channel is subscribed again, before anything newer is flushed.
 
-Presence: the number of local viewers per room is written with an expiry
-(`RoomStore.set_presence`) when it changes and on a heartbeat. `room_state` frames (viewers
-summed over processes, top gifters) go out when either changed, at most every
-`room_state_interval_ms`.
+Presence and room_state: `server.presence`.
 """
 
 from __future__ import annotations
@@ -31,134 +27,126 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 from server import metrics
+from server.broadcast import Broadcast, Broadcaster
 from server.direct import DirectSocket
 from server.errors import Unavailable
-from server.protocol import Outgoing, event_kind, event_seq, events_frame, room_state_frame
+from server.presence import RoomPresence, RoomState
+from server.protocol import Outgoing, event_kind, event_seq, events_frame
+from server.sequencing import Batch, FlushPacer, RoomSequence
 from server.settings import Settings
 from server.store.cancellation import reraise_lost_cancellation
 from server.store.channels import RoomChannels
 from server.store.connection import Client
 from server.store.keys import RoomKeys
 from server.store.rooms import RoomStore
+from server.viewers import DirectViewer, QueuedViewer, Viewer
 
 log = logging.getLogger(__name__)
 
-# A room's state as the last room_state (or welcome) showed it: viewers and top gifters.
-RoomState = tuple[int, list[dict[str, Any]]]
-
-
-class Viewer:
-    """One local socket in one room, as the hub sees it.
-
-    `offer` hands it a frame without waiting. Each socket's unsent frames are bounded by
-    `limit_bytes`: a frame offered past that is refused, `overflowed` is set, `on_overflow`
-    is called (once), and the socket must then be closed (1008); the hub has already
-    stopped offering to it.
-    """
-
-    def __init__(self, *, user_id: str | None, limit_bytes: int, max_held_events: int) -> None:
-        self.user_id = user_id
-        # A flag and a callback rather than an asyncio.Event: a viewer is kept per socket,
-        # and every byte of it counts at 5,000 sockets a process.
-        self.overflowed = False
-        self.on_overflow: Callable[[], object] | None = None
-        # The seq the viewer has been shown up to; None until `RoomHub.start`.
-        self.floor: int | None = None
-        self._limit = limit_bytes
-        self._held: list[tuple[int, bytes]] = []
-        self._max_held = max_held_events
-
-    def offer(self, frame: Outgoing) -> bool:
-        """Pass `frame` on without waiting; False (and `overflowed` set) if it did not fit."""
-        if self.overflowed:
-            return False
-        if self._put(frame):
-            return True
-        self.overflow()
-        return False
-
-    def overflow(self) -> None:
-        if not self.overflowed:
-            self.overflowed = True
-            if self.on_overflow is not None:
-                self.on_overflow()
-
-    def _put(self, frame: Outgoing) -> bool:
-        raise NotImplementedError
-
-    def hold(self, seqs: list[int], events: list[bytes]) -> bool:
-        if len(self._held) + len(events) > self._max_held:
-            self.overflow()
-            return False
-        self._held.extend(zip(seqs, events, strict=True))
-        return True
-
-    def release(self, floor: int) -> list[bytes]:
-        """Start receiving live events above `floor`; the held ones above it, in order."""
-        self.floor = floor
-        held, self._held = self._held, []
-        return [event for seq, event in held if seq > floor]
-
-
-class DirectViewer(Viewer):
-    """Frames go straight into the socket's transport (`server.direct`); its write buffer
-    is the bounded queue."""
-
-    def __init__(self, socket: DirectSocket, **options: Any) -> None:
-        super().__init__(**options)
-        self.socket = socket
-
-    def _put(self, frame: Outgoing) -> bool:
-        return self.socket.write(frame, limit_bytes=self._limit)
-
-
-class QueuedViewer(Viewer):
-    """Frames wait in a queue, bounded by their bytes, for the socket's own writer task
-    (`next_frame`): for servers that give no direct access to the socket."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.queue: asyncio.Queue[Outgoing] = asyncio.Queue()
-        self.queued_bytes = 0
-
-    def _put(self, frame: Outgoing) -> bool:
-        if self.queued_bytes >= self._limit:
-            return False
-        self.queue.put_nowait(frame)
-        self.queued_bytes += len(frame.data)
-        return True
-
-    async def next_frame(self) -> Outgoing:
-        frame = await self.queue.get()
-        self.queued_bytes -= len(frame.data)
-        return frame
+# How far back a flush counts a room as busy, when the fan-out's share is divided.
+_ACTIVE_S = 1.0
 
 
 class LocalRoom:
     """A room with viewers in this process."""
 
-    def __init__(self, room_id: str) -> None:
+    def __init__(self, room_id: str, *, max_pending: int) -> None:
         self.room_id = room_id
         self.channel = RoomKeys(room_id).channel.encode()
         self.viewers: dict[Viewer, None] = {}
         # Done once events published on the channel reach this process (and, after a
         # lost connection, once the missed ones have been read back).
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending: dict[int, bytes] = {}
-        self.delivered_seq: int | None = None
-        self.flush_handle: asyncio.TimerHandle | None = None
-        self.last_flush = -1e9
-        self.recovering = False
+        self.sequence = RoomSequence(max_pending=max_pending)
+        self.pacer = FlushPacer()
+        self.flush_handle: asyncio.Handle | None = None
+        # The batch of the flush being written (the next one waits for it).
+        self.writing: Batch | None = None
         self.lost_count = 0
         self.recovery: asyncio.Task[None] | None = None
         self.live = True
-        self.top: list[dict[str, Any]] | None = None
-        self.top_dirty = False
-        self.state_sent: RoomState | None = None
+
+
+class _Flush(Broadcast):
+    """One flush of a room: its batch to every viewer the room had when it began."""
+
+    __slots__ = ("hub", "room", "batch", "started", "targets", "index", "frames", "bytes")
+
+    def __init__(self, hub: RoomHub, room: LocalRoom, batch: Batch, started: float) -> None:
+        super().__init__()
+        self.hub = hub
+        self.room = room
+        self.batch = batch
+        self.started = started
+        self.targets = list(room.viewers)
+        self.index = 0
+        self.frames = 0
+        self.bytes = 0
+
+    def step(self, deadline: float) -> bool:
+        room, batch, targets = self.room, self.batch, self.targets
+        present = room.viewers
+        max_held = self.hub.max_held_events
+        clock = time.perf_counter
+        i, n = self.index, len(targets)
+        while i < n:
+            viewer = targets[i]
+            i += 1
+            if viewer not in present:
+                continue  # left meanwhile
+            if viewer.floor is None:
+                if not viewer.hold(batch, max_held=max_held):
+                    self.hub.drop_slow(room, viewer)
+                continue
+            frame = viewer.advance(batch)
+            if frame is not None:
+                if viewer.offer(frame):
+                    self.frames += 1
+                    self.bytes += len(frame.data)
+                else:
+                    self.hub.drop_slow(room, viewer)
+            if clock() >= deadline:
+                break
+        self.index = i
+        return i >= n
+
+    def finish(self) -> None:
+        metrics.BROADCAST_FRAMES.inc(self.frames)
+        metrics.BROADCAST_BYTES.inc(self.bytes)
+        metrics.FANOUT_FLUSH_SECONDS.observe(self.cost_s)
+        self.room.pacer.record(started=self.started, cost_s=self.cost_s, viewers=len(self.targets))
+        self.hub.flushed(self.room)
+
+
+class _State(Broadcast):
+    """A room_state frame to every started viewer of a room."""
+
+    __slots__ = ("hub", "room", "frame", "targets", "index")
+
+    def __init__(self, hub: RoomHub, room: LocalRoom, frame: Outgoing) -> None:
+        super().__init__()
+        self.hub = hub
+        self.room = room
+        self.frame = frame
+        self.targets = list(room.viewers)
+        self.index = 0
+
+    def step(self, deadline: float) -> bool:
+        room, frame, targets = self.room, self.frame, self.targets
+        present = room.viewers
+        clock = time.perf_counter
+        i, n = self.index, len(targets)
+        while i < n:
+            viewer = targets[i]
+            i += 1
+            if viewer.floor is not None and viewer in present and not viewer.offer(frame):
+                self.hub.drop_slow(room, viewer)
+            if clock() >= deadline:
+                break
+        self.index = i
+        return i >= n
 
 
 class RoomHub:
@@ -184,12 +172,23 @@ class RoomHub:
             client_name=f"giftstream-hub-{process_id}",
             min_backoff_s=reconnect_backoff_s,
         )
-        self._presence_dirty: set[str] = set()
-        self._presence_wake = asyncio.Event()
+        self._presence = RoomPresence(
+            store=rooms,
+            settings=settings,
+            process_id=process_id,
+            local_viewers=self.local_viewers,
+            rooms=lambda: list(self._rooms),
+            send_state=self._send_state,
+        )
+        self._broadcaster = Broadcaster(slice_s=settings.fanout_slice_ms / 1000)
         self._tasks: set[asyncio.Task[None]] = set()
         # Events waiting for a flush, per room, beyond which the hub stops waiting for a
         # recovery to finish (only a Redis that fails for long gets there).
         self._max_pending = 4 * settings.history_events + 1000
+        self.max_held_events = settings.history_events + 1000
+        self._max_window_s = settings.fanout_max_window_ms / 1000
+        self._active_rooms = 1
+        self._active_counted_at = -1e9
 
     @property
     def process_id(self) -> str:
@@ -205,30 +204,24 @@ class RoomHub:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._channels.run(), name="hub-channels")
-                tg.create_task(self._presence_loop(), name="hub-presence")
-                tg.create_task(self._room_state_loop(), name="hub-room-state")
+                tg.create_task(self._presence.run(), name="hub-presence")
         finally:
+            self._broadcaster.close()
             for task in list(self._tasks):
                 task.cancel()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
-                    for room_id in list(self._rooms):
-                        await self._store.set_presence(room_id, self._process_id, 0)
+                    await self._presence.withdraw(list(self._rooms))
 
     # --- viewers ----------------------------------------------------------------------
 
     def viewer(self, user_id: str | None, socket: DirectSocket | None = None) -> Viewer:
         """A viewer that writes to `socket` directly, or (without one) queues its frames
         for a writer task."""
-        s = self._settings
-        options: dict[str, Any] = {
-            "user_id": user_id,
-            "limit_bytes": s.socket_buffer_bytes,
-            "max_held_events": s.history_events + 1000,
-        }
+        limit = self._settings.socket_buffer_bytes
         if socket is not None:
-            return DirectViewer(socket, **options)
-        return QueuedViewer(**options)
+            return DirectViewer(socket, user_id=user_id, limit_bytes=limit)
+        return QueuedViewer(user_id=user_id, limit_bytes=limit)
 
     async def join(self, room_id: str, viewer: Viewer, *, timeout: float = 5.0) -> None:
         """Add `viewer` to the room and return once the room's live events reach this
@@ -237,12 +230,12 @@ class RoomHub:
         confirm the subscription within `timeout` seconds (the viewer is then out)."""
         room = self._rooms.get(room_id)
         if room is None:
-            room = LocalRoom(room_id)
+            room = LocalRoom(room_id, max_pending=self._max_pending)
             self._rooms[room_id] = room
             self._by_channel[room.channel] = room
             self._channels.subscribe(room.channel)
         room.viewers[viewer] = None
-        self._presence_changed(room_id)
+        self._presence.viewers_changed(room_id)
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(room.ready)
@@ -264,14 +257,13 @@ class RoomHub:
             return False
         for frame in frames:
             if not viewer.offer(frame):
-                self._drop_slow(room, viewer)
+                self.drop_slow(room, viewer)
                 return False
         held = viewer.release(floor)
         if held and not viewer.offer(Outgoing(events_frame(held))):
-            self._drop_slow(room, viewer)
+            self.drop_slow(room, viewer)
             return False
-        if room.state_sent is None:
-            room.state_sent = state
+        self._presence.welcomed(room_id, state)
         return True
 
     def leave(self, room_id: str, viewer: Viewer) -> None:
@@ -280,13 +272,15 @@ class RoomHub:
         if room is None or viewer not in room.viewers:
             return
         del room.viewers[viewer]
-        self._presence_changed(room_id)
+        self._presence.viewers_changed(room_id)
         if room.viewers:
             return
         del self._rooms[room_id]
         del self._by_channel[room.channel]
+        self._presence.forget(room_id)
         if room.flush_handle is not None:
             room.flush_handle.cancel()
+            room.flush_handle = None
         if room.recovery is not None:
             room.recovery.cancel()
         if not room.ready.done():
@@ -303,11 +297,17 @@ class RoomHub:
         room = self._rooms.get(room_id)
         return len(room.viewers) if room is not None else 0
 
+    def flushing(self, room_id: str) -> int | None:
+        """The last seq of the room's flush being written right now (None: none is)."""
+        room = self._rooms.get(room_id)
+        return room.writing.last if room is not None and room.writing is not None else None
+
     def subscribed_rooms(self) -> set[str]:
         """Rooms whose channel this process wants (the ones with local viewers)."""
         return {room.room_id for room in self._rooms.values()}
 
-    def _drop_slow(self, room: LocalRoom, viewer: Viewer) -> None:
+    def drop_slow(self, room: LocalRoom, viewer: Viewer) -> None:
+        """Out of the room, told to close as too slow."""
         viewer.overflow()
         metrics.SLOW_READERS_CLOSED.inc()
         self.leave(room.room_id, viewer)
@@ -326,80 +326,77 @@ class RoomHub:
         self._accept(room, seq, data)
 
     def _accept(self, room: LocalRoom, seq: int, event: bytes) -> None:
-        if room.delivered_seq is not None and seq <= room.delivered_seq:
+        if not room.sequence.accept(seq, event):
             return
-        room.pending[seq] = event
         kind = event_kind(event)
         if kind == "gift":
-            room.top_dirty = True
+            self._presence.gift_seen(room.room_id)
         elif kind == "room_ended":
             room.live = False
-        if room.recovering:
-            if len(room.pending) > self._max_pending:
-                log.warning("room %s: recovery is late; flushing without it", room.room_id)
-                self._flush(room, force=True)
+        self._schedule(room)
+
+    def _share(self, now: float) -> float:
+        """The fan-out's share of the CPU for one room: `fanout_cpu_share` divided among
+        the rooms that flushed in the last second (counted at most every 100 ms)."""
+        if now - self._active_counted_at > 0.1:
+            self._active_counted_at = now
+            since = now - _ACTIVE_S
+            self._active_rooms = max(
+                1,
+                sum(
+                    1
+                    for r in self._rooms.values()
+                    if r.pacer.last_start is not None and r.pacer.last_start >= since
+                ),
+            )
+        return self._settings.fanout_cpu_share / self._active_rooms
+
+    def _schedule(self, room: LocalRoom) -> None:
+        """Arrange the room's next flush, if it has something to flush and none is
+        arranged or being written."""
+        if room.flush_handle is not None or room.writing is not None or not room.sequence.ready():
             return
-        if room.flush_handle is None:
-            # At most one flush per window: an event after a quiet spell goes out at once
-            # (with whatever arrives in the same loop iteration), later ones wait for the
-            # window to close and share its frame.
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, room.last_flush + self._window(room) - loop.time())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        delay = room.pacer.delay(
+            now, viewers=len(room.viewers), share=self._share(now), max_window_s=self._max_window_s
+        )
+        if delay <= 0:
+            # At once, with whatever else arrives in this turn of the loop.
+            room.flush_handle = loop.call_soon(self._flush, room)
+        else:
             room.flush_handle = loop.call_later(delay, self._flush, room)
 
-    def _window(self, room: LocalRoom) -> float:
-        """Seconds between a room's flushes: `coalesce_ms`, or longer for a room whose
-        local viewers would otherwise take more than `fanout_frames_per_s` frames a
-        second (5,000 viewers at the default 25,000: 200 ms)."""
-        s = self._settings
-        return max(s.coalesce_ms / 1000, len(room.viewers) / s.fanout_frames_per_s)
-
-    def _flush(self, room: LocalRoom, *, force: bool = False) -> None:
+    def _flush(self, room: LocalRoom) -> None:
         room.flush_handle = None
-        if (room.recovering and not force) or not room.pending:
+        if self._rooms.get(room.room_id) is not room:
             return
-        started = time.perf_counter()
-        room.last_flush = asyncio.get_running_loop().time()
-        seqs = sorted(room.pending)
-        events = [room.pending[seq] for seq in seqs]
-        room.pending.clear()
-        room.delivered_seq = seqs[-1]
-        first, last = seqs[0], seqs[-1]
-        shared: Outgoing | None = None
-        frames = 0
-        sent_bytes = 0
-        for viewer in list(room.viewers):
-            floor = viewer.floor
-            if floor is None:
-                if not viewer.hold(seqs, events):
-                    self._drop_slow(room, viewer)
-                continue
-            if floor >= last:
-                continue
-            if floor < first:
-                if shared is None:
-                    shared = Outgoing(events_frame(events))
-                frame = shared
-            else:
-                # Only for a viewer whose history overlapped this flush.
-                frame = Outgoing(
-                    events_frame([e for s, e in zip(seqs, events, strict=True) if s > floor])
-                )
-            if viewer.offer(frame):
-                frames += 1
-                sent_bytes += len(frame.data)
-            else:
-                self._drop_slow(room, viewer)
-        metrics.BROADCAST_FRAMES.inc(frames)
-        metrics.BROADCAST_BYTES.inc(sent_bytes)
-        metrics.FANOUT_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        sequence = room.sequence
+        if sequence.recovering and sequence.overdue:
+            log.warning("room %s: recovery is late; flushing without it", room.room_id)
+        batch = sequence.take(force=sequence.overdue)
+        if batch is None:
+            return
+        room.writing = batch
+        self._broadcaster.submit(_Flush(self, room, batch, asyncio.get_running_loop().time()))
+
+    def flushed(self, room: LocalRoom) -> None:
+        """A flush of `room` has been written to every viewer: the next may follow."""
+        room.writing = None
+        if self._rooms.get(room.room_id) is room:
+            self._schedule(room)
+
+    def _send_state(self, room_id: str, frame: Outgoing) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            self._broadcaster.submit(_State(self, room, frame))
 
     # --- the subscribe connection's news ----------------------------------------------
 
     def _on_lost(self) -> None:
         loop = asyncio.get_running_loop()
         for room in self._rooms.values():
-            room.recovering = True
+            room.sequence.recovering = True
             room.lost_count += 1
             if room.ready.done():
                 room.ready = loop.create_future()
@@ -408,7 +405,7 @@ class RoomHub:
         room = self._by_channel.get(channel)
         if room is None:
             return
-        if room.recovering:
+        if room.sequence.recovering:
             if room.recovery is None:
                 room.recovery = asyncio.get_running_loop().create_task(
                     self._recover(room), name=f"hub-recover-{room.room_id}"
@@ -425,10 +422,7 @@ class RoomHub:
         try:
             while True:
                 lost = room.lost_count
-                since = room.delivered_seq
-                if since is None:
-                    floors = [v.floor for v in room.viewers if v.floor is not None]
-                    since = min(floors) if floors else None
+                since = room.sequence.recover_since(v.floor for v in room.viewers)
                 try:
                     if since is not None:
                         events, complete = await self._store.events_since(room.room_id, since)
@@ -451,74 +445,9 @@ class RoomHub:
                     break
                 if not self._channels.is_subscribed(room.channel):
                     return
-            room.recovering = False
+            room.sequence.recovering = False
             if not room.ready.done():
                 room.ready.set_result(None)
-            self._flush(room)
+            self._schedule(room)
         finally:
             room.recovery = None
-
-    # --- presence and room_state ------------------------------------------------------
-
-    def _presence_changed(self, room_id: str) -> None:
-        self._presence_dirty.add(room_id)
-        self._presence_wake.set()
-
-    async def _presence_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        heartbeat = max(0.5, self._settings.presence_ttl_s / 3)
-        next_beat = loop.time()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_beat - loop.time())):
-                    await self._presence_wake.wait()
-            self._presence_wake.clear()
-            due = self._presence_dirty
-            if loop.time() >= next_beat:
-                due = due | set(self._rooms)
-                next_beat = loop.time() + heartbeat
-            self._presence_dirty = set()
-            for room_id in due:
-                try:
-                    await self._store.set_presence(
-                        room_id, self._process_id, self.local_viewers(room_id)
-                    )
-                except Exception as exc:  # noqa: BLE001 - retried on the next round
-                    log.warning("presence not written (%s)", exc)
-                    self._presence_dirty |= due
-                    await asyncio.sleep(0.5)
-                    break
-                finally:
-                    reraise_lost_cancellation()
-
-    async def _room_state_loop(self) -> None:
-        interval = self._settings.room_state_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._send_room_states()
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
-                log.warning("room_state round failed (%s)", exc)
-            reraise_lost_cancellation()
-
-    async def _send_room_states(self) -> None:
-        rooms = [room for room in self._rooms.values() if room.state_sent is not None]
-        if not rooms:
-            return
-        counts = await self._store.viewers([room.room_id for room in rooms])
-        for room in rooms:
-            if room.top_dirty or room.top is None:
-                room.top_dirty = False
-                try:
-                    room.top = await self._store.top(room.room_id)
-                except BaseException:
-                    room.top_dirty = True
-                    raise
-            state: RoomState = (counts.get(room.room_id, 0), room.top)
-            if state == room.state_sent or self._rooms.get(room.room_id) is not room:
-                continue
-            room.state_sent = state
-            frame = Outgoing(room_state_frame(viewers=state[0], top=state[1]))
-            for viewer in list(room.viewers):
-                if viewer.floor is not None and not viewer.offer(frame):
-                    self._drop_slow(room, viewer)

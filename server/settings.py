@@ -43,6 +43,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -75,12 +82,14 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     sweep_interval_s: float = 2.0
     sweep_min_age_ms: int = 3000
-    # Rooms and fan-out.
-    coalesce_ms: int = 20
-    # Frames per second a process's fan-out may write to one room's viewers: a room
-    # with more local viewers than this budget allows at `coalesce_ms` flushes less often
-    # (its window widens to viewers / budget), so a huge room's frames stay deliverable.
-    fanout_frames_per_s: int = 25_000
+    # Rooms and fan-out (server.sequencing.FlushPacer): a quiet room's event goes out at
+    # once; a busy room's flushes are spaced so that writing them takes at most this share
+    # of a core (divided among the rooms that flushed in the last second), measured from
+    # what its last flushes cost, and at most `fanout_max_window_ms` apart.
+    fanout_cpu_share: float = 0.5
+    fanout_max_window_ms: int = 1000
+    # A big room is written in slices of about this long, so reads and acks go on between.
+    fanout_slice_ms: float = 2.0
     # What a socket may hold unsent before its reader counts as too slow and is closed
     # (1008): about four seconds of a busy room's frames.
     socket_buffer_bytes: int = 1024 * 1024
@@ -145,10 +154,11 @@ class Settings:
             idempotency_ttl_s=_int(env, "GS_IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, minimum=60),
             sweep_interval_s=_float(env, "GS_SWEEP_INTERVAL_S", d.sweep_interval_s),
             sweep_min_age_ms=_int(env, "GS_SWEEP_MIN_AGE_MS", d.sweep_min_age_ms),
-            coalesce_ms=_int(env, "GS_COALESCE_MS", d.coalesce_ms),
-            fanout_frames_per_s=_int(
-                env, "GS_FANOUT_FRAMES_PER_S", d.fanout_frames_per_s, minimum=1
+            fanout_cpu_share=_share(env, "GS_FANOUT_CPU_SHARE", d.fanout_cpu_share),
+            fanout_max_window_ms=_int(
+                env, "GS_FANOUT_MAX_WINDOW_MS", d.fanout_max_window_ms, minimum=1
             ),
+            fanout_slice_ms=_float(env, "GS_FANOUT_SLICE_MS", d.fanout_slice_ms),
             socket_buffer_bytes=_int(
                 env, "GS_SOCKET_BUFFER_BYTES", d.socket_buffer_bytes, minimum=1024
             ),

@@ -34,7 +34,7 @@ from server.errors import (
     RoomNotLive,
     Unauthorized,
 )
-from server.hub import DirectViewer, QueuedViewer, RoomHub, Viewer
+from server.hub import RoomHub
 from server.protocol import (
     PONG,
     ChatFrame,
@@ -54,6 +54,7 @@ from server.services import Services
 from server.store.cancellation import reraise_lost_cancellation
 from server.store.gifts import GiftOrder
 from server.store.wallets import Profile
+from server.viewers import DirectViewer, QueuedViewer, Viewer
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ from typing import Any
 import orjson
 import pytest
 
-from server.hub import QueuedViewer, RoomHub
+from server.hub import RoomHub
 from server.protocol import Outgoing
 from server.services import Services
 from server.settings import Settings
 from server.store.keys import RoomKeys
+from server.viewers import QueuedViewer
 
 WAIT_S = 15.0
 
@@ -304,20 +305,35 @@ async def test_leaving_and_joining_at_once_keeps_the_room_subscribed(
         hub.leave(room_id, viewer)
 
 
-async def test_a_room_too_big_for_the_frame_budget_flushes_less_often(
+async def test_a_quiet_room_flushes_at_once_whatever_its_window(
     services: Services, settings: Settings
 ) -> None:
-    # Two viewers and a budget of one frame a second: the room's window widens to 2 s.
-    tight = dataclasses.replace(settings, coalesce_ms=20, fanout_frames_per_s=1)
-    async with running_hub(services, tight) as hub:
+    # A share so small that any measured flush cost makes the window its cap, 30 s: the
+    # first line after a quiet spell must still go out at once (this test waits 15 s at
+    # most), and so must the first line of a new room.
+    paced = dataclasses.replace(settings, fanout_cpu_share=1e-9, fanout_max_window_ms=30_000)
+    async with running_hub(services, paced) as hub:
+        room_id = await new_room(services)
+        viewer = await watch(hub, services, room_id)
+        await watch(hub, services, room_id)
+        first = await say(services, room_id, "after a quiet spell")
+        [frame] = await frames_until(viewer, up_to(first))
+        assert [e["text"] for e in events_of([frame])] == ["after a quiet spell"]
+        assert viewer.queue.empty()
+
+
+async def test_a_room_coalesces_events_within_its_window_into_one_frame(
+    services: Services, settings: Settings
+) -> None:
+    # Window capped at 1 s: a quiet room's first line at once, the next five in one frame.
+    paced = dataclasses.replace(settings, fanout_cpu_share=1e-9, fanout_max_window_ms=1000)
+    async with running_hub(services, paced) as hub:
         room_id = await new_room(services)
         viewer = await watch(hub, services, room_id)
         await watch(hub, services, room_id)
         last = 0
         for i in range(6):
             last = await say(services, room_id, f"line {i}")
-            await asyncio.sleep(0.05)
         frames = await frames_until(viewer, up_to(last))
-        # The first line at once (after a quiet spell), the other five in one frame.
         assert [e["text"] for e in events_of(frames)] == [f"line {i}" for i in range(6)]
         assert sum(orjson.loads(f)["type"] == "events" for f in frames) <= 2

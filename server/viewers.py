@@ -1,0 +1,90 @@
+"""Per-socket writers: a viewer is one local socket in one room, as the hub sees it.
+
+`offer` hands a viewer a frame without waiting. Each socket's unsent bytes are bounded
+(`limit_bytes`): a frame offered past that is refused, `overflowed` is set, `on_overflow`
+is called (once), and the socket must then be closed (1008); the hub has already stopped
+offering to it.
+
+Two kinds: `DirectViewer` writes straight into the socket's transport (`server.direct`),
+whose write buffer is its bounded queue; `QueuedViewer` queues frames, bounded by their
+bytes, for a writer task of the socket's own, under servers that give no direct access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from server.direct import DirectSocket
+from server.protocol import Outgoing
+from server.sequencing import ViewerOrder
+
+
+class Viewer(ViewerOrder):
+    # Slots and a callback rather than an asyncio.Event: a viewer is kept per socket, and
+    # every byte of it counts at thousands of sockets a process.
+    __slots__ = ("user_id", "overflowed", "on_overflow", "_limit")
+
+    def __init__(self, *, user_id: str | None, limit_bytes: int) -> None:
+        super().__init__()
+        self.user_id = user_id
+        self.overflowed = False
+        self.on_overflow: Callable[[], object] | None = None
+        self._limit = limit_bytes
+
+    def offer(self, frame: Outgoing) -> bool:
+        """Pass `frame` on without waiting; False (and `overflowed` set) if it did not fit."""
+        if self.overflowed:
+            return False
+        if self._put(frame):
+            return True
+        self.overflow()
+        return False
+
+    def overflow(self) -> None:
+        if not self.overflowed:
+            self.overflowed = True
+            if self.on_overflow is not None:
+                self.on_overflow()
+
+    def _put(self, frame: Outgoing) -> bool:
+        raise NotImplementedError
+
+
+class DirectViewer(Viewer):
+    """Frames go straight into the socket's transport; its write buffer is the bounded
+    queue."""
+
+    __slots__ = ("socket",)
+
+    def __init__(self, socket: DirectSocket, *, user_id: str | None, limit_bytes: int) -> None:
+        super().__init__(user_id=user_id, limit_bytes=limit_bytes)
+        self.socket = socket
+
+    def _put(self, frame: Outgoing) -> bool:
+        return self.socket.write(frame, limit_bytes=self._limit)
+
+
+class QueuedViewer(Viewer):
+    """Frames wait in a queue, bounded by their bytes, for the socket's own writer task
+    (`next_frame`)."""
+
+    __slots__ = ("queue", "queued_bytes")
+
+    def __init__(self, *, user_id: str | None, limit_bytes: int) -> None:
+        super().__init__(user_id=user_id, limit_bytes=limit_bytes)
+        # Unbounded in count, bounded in bytes by `_put`.
+        self.queue: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.queued_bytes = 0
+
+    def _put(self, frame: Outgoing) -> bool:
+        if self.queued_bytes >= self._limit:
+            return False
+        self.queue.put_nowait(frame)
+        self.queued_bytes += len(frame.data)
+        return True
+
+    async def next_frame(self) -> Outgoing:
+        frame = await self.queue.get()
+        self.queued_bytes -= len(frame.data)
+        return frame
