@@ -64,6 +64,7 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 20_000
 VIEWPORT = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 REPO = Path(__file__).resolve().parents[1]
 README_SCREENSHOT = REPO / "docs" / "live-room.png"
 
@@ -130,6 +131,8 @@ async def test_a_gift_sent_on_one_page_appears_on_the_other(
         await expect(
             page.locator("#gift-tray > button.gift-btn[data-gift-id=doughnut]")
         ).to_be_visible()
+    # Every gift in the tray is a picture shipped with the page (no emoji font needed).
+    await expect_gift_art(viewer.locator("#gift-tray > button.gift-btn"))
     # Both pages watch: nobody else is in this room.
     await expect(watcher.locator("#viewer-count")).to_have_text("2", timeout=WAIT_MS)
 
@@ -140,7 +143,13 @@ async def test_a_gift_sent_on_one_page_appears_on_the_other(
     await viewer.fill("#signup-birthdate", "1990-05-17")
     await viewer.fill("#signup-region", "US")
     await viewer.click("#signup-submit")
-    await expect(viewer.locator("#account-dialog")).to_be_hidden(timeout=WAIT_MS)
+    # Signed up inside a room: the dialog stays open and offers the recharge at once.
+    await expect(viewer.locator("#recharge-offer")).to_be_visible(timeout=WAIT_MS)
+    await expect(viewer.locator("#recharge-offer")).to_contain_text("Welcome, Browser Fan")
+    await expect(viewer.locator("#account-dialog")).to_be_visible()
+    await expect(viewer.locator("#signup-section")).to_be_hidden()
+    await expect(viewer.locator("#recharge-package")).to_be_focused()
+    await expect(viewer.locator("#recharge-later")).to_be_visible()
     await expect(viewer.locator("#signup-error")).to_be_hidden()
     await expect(viewer.locator("#profile-name")).to_have_text("Browser Fan")
     await expect(viewer.locator("#balance")).to_have_text("0")
@@ -151,9 +160,7 @@ async def test_a_gift_sent_on_one_page_appears_on_the_other(
     # The page reconnects as the new user.
     await connected(viewer)
 
-    # Buy 1,000 coins with the approving test card.
-    await viewer.click("#recharge-open")
-    await expect(viewer.locator("#account-dialog")).to_be_visible()
+    # Buy 1,000 coins with the approving test card, right in the offer.
     await viewer.select_option("#recharge-package", "p1000")
     await viewer.fill("#recharge-card", APPROVED_CARD)
     await viewer.click("#recharge-submit")
@@ -161,6 +168,7 @@ async def test_a_gift_sent_on_one_page_appears_on_the_other(
     await expect(viewer.locator("#recharge-error")).to_be_hidden()
     await expect(viewer.locator("#balance")).to_have_text("1000", timeout=WAIT_MS)
     await expect(viewer.locator("#balance")).to_have_attribute("data-coins", "1000")
+    await expect(viewer.locator("#recharge-offer")).to_be_hidden()
 
     # A Doughnut (30 coins) from the tray.
     await viewer.click("#gift-tray > button.gift-btn[data-gift-id=doughnut]")
@@ -176,6 +184,7 @@ async def test_a_gift_sent_on_one_page_appears_on_the_other(
     await expect(watcher.locator(f"#top-gifters > li[data-user-id='{user_id}']")).to_be_visible(
         timeout=WAIT_MS
     )
+    await expect_gift_art(arrived.locator(".gift-icon"))
     # And so does the sender's own page.
     await expect(
         viewer.locator(f"#feed > .gift-event[data-gift-id=doughnut][data-user-id='{user_id}']")
@@ -195,6 +204,24 @@ async def test_a_gift_sent_on_one_page_appears_on_the_other(
     assert r.json()["diamonds"] == 30
     toasts = watcher.locator("#toast > .toast-item[data-code]")
     assert await toasts.count() == 0, await toasts.all_inner_texts()
+
+
+async def expect_gift_art(items: Any) -> None:
+    """Each item holds a gift picture from /static/gifts/, loaded and drawn."""
+    await expect(items.first).to_be_visible()
+    arts = await items.evaluate_all(
+        """els => els.map(e => {
+             const img = e.querySelector("img.gift-art");
+             return img && { src: new URL(img.src).pathname, loaded: img.complete,
+                             width: img.naturalWidth, shown: img.offsetWidth };
+           })"""
+    )
+    assert arts and all(arts), arts
+    for art in arts:
+        assert art["src"].startswith("/static/gifts/") and art["src"].endswith(".svg"), art
+        assert art["loaded"] and art["width"] > 0 and art["shown"] >= 16, art
+    # Every gift of the catalog has a picture of its own (gift.svg is for unknown ids).
+    assert not any(a["src"] == "/static/gifts/gift.svg" for a in arts), arts
 
 
 async def token_of(page: Any) -> str:
@@ -283,3 +310,70 @@ async def biggest_affordable_gift(http: httpx.AsyncClient, coins: int) -> str:
     assert r.status_code == 200, r.text
     gifts = [g for g in r.json()["gifts"] if g["coins"] <= coins]
     return str(max(gifts, key=lambda g: g["coins"])["id"])
+
+
+async def test_phone_layout_keeps_status_title_and_chat_in_view(
+    browser: Any,
+    contexts: list[Any],
+    server_url: str,
+    http: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """At 390x844 (a phone): the connection status is not cut off, the title is readable,
+    the chat and its input and the first gifts are above the fold, nothing scrolls sideways."""
+    _, room_id = await live_room(http, creator="Maya", title="Late-night lo-fi & code")
+    me = await funded(http, "p1000", name="Phone Viewer")
+    context = await browser.new_context(
+        viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2
+    )
+    contexts.append(context)
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    await page.goto(f"{server_url}/#/room/{room_id}")
+    await page.evaluate(
+        "([token, user]) => { localStorage.setItem('giftstream.token', token);"
+        " localStorage.setItem('giftstream.user', JSON.stringify(user)); }",
+        [me.token, {"user_id": me.user_id, "name": "Phone Viewer"}],
+    )
+    await page.reload()
+    await connected(page)
+    await expect(page.locator("#balance")).to_have_text("1000", timeout=WAIT_MS)
+    await expect(page.locator("#room-title")).to_have_text("Late-night lo-fi & code")
+    await expect(page.locator("#gift-tray > button.gift-btn").first).to_be_visible()
+    await expect(page.locator("#conn-status")).to_have_text("Connected")
+
+    layout = await page.evaluate(
+        """() => {
+             const box = (s) => { const r = document.querySelector(s).getBoundingClientRect();
+                                  return { left: r.left, right: r.right, top: r.top,
+                                           bottom: r.bottom, width: r.width }; };
+             const status = document.querySelector("#conn-status");
+             return {
+               scrollX: window.scrollX, scrollY: window.scrollY,
+               pageWidth: document.documentElement.scrollWidth,
+               stage: box("#stage"), status: box("#conn-status"),
+               statusCut: status.scrollWidth > status.clientWidth,
+               title: box("#room-title"), chatLog: box("#chat-log"),
+               chatInput: box("#chat-input"), chatSend: box("#chat-send"),
+               firstGift: box("#gift-tray > button.gift-btn"),
+               topbar: box(".topbar"), account: box("#account-open"),
+             };
+           }"""
+    )
+    width, height = PHONE["width"], PHONE["height"]
+    assert layout["scrollX"] == 0 and layout["scrollY"] == 0, layout
+    assert layout["pageWidth"] <= width, layout
+    # The status pill: whole, inside the stage.
+    assert not layout["statusCut"], layout
+    assert layout["stage"]["left"] <= layout["status"]["left"], layout
+    assert layout["status"]["right"] <= layout["stage"]["right"], layout
+    # The title: room for a readable part of it (not one letter).
+    assert layout["title"]["width"] >= 120, layout
+    # The account button stays on screen.
+    assert layout["account"]["right"] <= width, layout
+    # Above the fold: the chat, its input and send button, and the first gift.
+    for part in ("chatLog", "chatInput", "chatSend", "firstGift"):
+        assert 0 <= layout[part]["top"] and layout[part]["bottom"] <= height, (part, layout)
+    shot = tmp_path / "live-room-phone.png"
+    await page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000

@@ -34,6 +34,7 @@ export class Account {
     $("#account-open").addEventListener("click", () => this.openDialog(this.token ? "profile" : "signup"));
     $("#recharge-open").addEventListener("click", () => this.openDialog("recharge"));
     $("#account-close").addEventListener("click", () => this.closeDialog());
+    $("#recharge-later").addEventListener("click", () => this.closeDialog());
     this.dialog.addEventListener("click", (e) => {
       if (e.target === this.dialog) this.closeDialog();
     });
@@ -99,10 +100,12 @@ export class Account {
 
   closeDialog() {
     this.dialog.hidden = true;
+    this.hideOffer();
   }
 
   closeDialogIfOpen() {
     if (this.placement === "dialog") this.dialog.hidden = true;
+    this.hideOffer();
   }
 
   // --- drawing --------------------------------------------------------------------------
@@ -216,14 +219,33 @@ export class Account {
       this.setSession(answer.token, { user_id: answer.user_id, name });
       this.wallet = { coins: 0, diamonds: 0, locked_diamonds: 0, spending_limit: null };
       this.drawWallet();
-      toast(`Welcome, ${name}!`, { kind: "success", detail: "Get some coins to start gifting." });
-      this.closeDialogIfOpen();
       this.refreshWallet();
+      if (isAdult(birthdate)) {
+        // Signed up to send a gift: the next step is coins, so offer them right away.
+        this.offerRecharge(name);
+      } else {
+        toast(`Welcome, ${name}!`, { kind: "success", detail: "Buying coins needs an 18+ account." });
+        this.closeDialogIfOpen();
+      }
     } catch (err) {
       showFormError(error, err);
     } finally {
       button.disabled = false;
     }
+  }
+
+  /** Just signed up: the recharge, with a welcome, where the sign-up form was. */
+  offerRecharge(name) {
+    const offer = $("#recharge-offer");
+    offer.textContent = `Welcome, ${name}! Get coins to send your first gift.`;
+    offer.hidden = false;
+    $("#recharge-later").hidden = this.placement !== "dialog";
+    this.openDialog("recharge");
+  }
+
+  hideOffer() {
+    $("#recharge-offer").hidden = true;
+    $("#recharge-later").hidden = true;
   }
 
   async recharge() {
@@ -267,6 +289,15 @@ export class Account {
       button.disabled = false;
     }
   }
+}
+
+/** 18 or older today, by the birthdate typed in (the server decides; this only spares an
+ * underage user an offer the server would refuse). */
+function isAdult(birthdate) {
+  const [y, m, d] = birthdate.split("-").map(Number);
+  const now = new Date();
+  const age = now.getFullYear() - y - (now.getMonth() + 1 < m || (now.getMonth() + 1 === m && now.getDate() < d) ? 1 : 0);
+  return age >= 18;
 }
 
 function toastArgs(err) {

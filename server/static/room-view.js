@@ -278,7 +278,6 @@ export class RoomView {
     const key = `${from.user_id}|${event.gift_id}`;
     const prev = this.combos.get(key);
     const continues = prev !== undefined && prev.el.isConnected && combo > count && prev.combo < combo;
-    const icon = giftIcon(event.gift_id);
 
     const comboNode = el("span", { class: "combo", text: `x${combo}` });
     const item = el(
@@ -290,7 +289,7 @@ export class RoomView {
       },
       avatar(from.user_id, name),
       el("span", { class: "gift-who" }, el("strong", { class: "gift-from", text: name }), el("span", { class: "gift-what", text: `sent ${gift.name}` })),
-      el("span", { class: "gift-icon", "aria-hidden": "true", text: icon }),
+      el("span", { class: "gift-icon", "aria-hidden": "true" }, giftIcon(event.gift_id)),
       comboNode,
     );
     if (this.you !== null && from.user_id === this.you.user_id) item.classList.add("mine");
@@ -308,24 +307,27 @@ export class RoomView {
     if (!animate) return;
     if (continues) countUp(comboNode, prev.combo, combo);
     comboNode.classList.add("pop");
-    this.spawnFloaters(icon, tier, count);
-    if (tier === "large" || tier === "huge") this.queueBurst({ icon, tier, name, giftName: gift.name, combo, userId: from.user_id });
+    this.spawnFloaters(event.gift_id, tier, count);
+    if (tier === "large" || tier === "huge") this.queueBurst({ giftId: event.gift_id, tier, name, giftName: gift.name, combo, userId: from.user_id });
   }
 
-  spawnFloaters(icon, tier, count) {
+  spawnFloaters(giftId, tier, count) {
     const n = Math.min(count, FLOATERS_PER_TIER[tier]);
     for (let i = 0; i < n; i += 1) {
       if (this.floatLayer.childElementCount >= MAX_FLOATERS) break;
-      const floater = el("span", {
-        class: `floater tier-${tier}`,
-        text: icon,
-        style: {
-          "--dx": `${Math.round(Math.random() * 110 - 80)}px`,
-          "--rot": `${Math.round(Math.random() * 60 - 30)}deg`,
-          "--delay": `${i * 110}ms`,
-          "--x": `${Math.round(Math.random() * 50)}px`,
+      const floater = el(
+        "span",
+        {
+          class: `floater tier-${tier}`,
+          style: {
+            "--dx": `${Math.round(Math.random() * 110 - 80)}px`,
+            "--rot": `${Math.round(Math.random() * 60 - 30)}deg`,
+            "--delay": `${i * 110}ms`,
+            "--x": `${Math.round(Math.random() * 50)}px`,
+          },
         },
-      });
+        giftIcon(giftId),
+      );
       const remove = () => floater.remove();
       floater.addEventListener("animationend", remove);
       setTimeout(remove, 4000);
@@ -368,7 +370,7 @@ export class RoomView {
       el("div", { class: "burst-rays" }),
       el("div", { class: "burst-ring" }),
       el("div", { class: "burst-ring burst-ring-2" }),
-      el("div", { class: "burst-icon", text: burst.icon }),
+      el("div", { class: "burst-icon" }, giftIcon(burst.giftId)),
       el(
         "div",
         { class: "burst-caption" },
@@ -435,7 +437,7 @@ export class RoomView {
             dataset: { giftId: gift.id, tier: tierOf(gift), coins: gift.coins },
             title: `Send ${gift.name} (${formatCount(gift.coins)} ${gift.coins === 1 ? "coin" : "coins"})`,
           },
-          el("span", { class: "gift-btn-icon", "aria-hidden": "true", text: giftIcon(gift.id) }),
+          el("span", { class: "gift-btn-icon", "aria-hidden": "true" }, giftIcon(gift.id)),
           el("span", { class: "gift-btn-name", text: gift.name }),
           el("span", { class: "gift-btn-price" }, el("span", { class: "coin", "aria-hidden": "true" }), formatCount(gift.coins)),
         ),

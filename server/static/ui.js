@@ -66,29 +66,27 @@ export function avatar(userId, name, extraClass = "") {
 
 // --- gifts -----------------------------------------------------------------------
 
-const GIFT_ICONS = {
-  rose: "\u{1F339}",
-  heart_me: "\u{1F497}",
-  finger_heart: "\u{1FAF0}",
-  ice_cream: "\u{1F366}",
-  doughnut: "\u{1F369}",
-  cap: "\u{1F9E2}",
-  hand_hearts: "\u{1FAF6}",
-  corgi: "\u{1F436}",
-  confetti: "\u{1F38A}",
-  money_gun: "\u{1F4B8}",
-  swan: "\u{1F9A2}",
-  train: "\u{1F682}",
-  galaxy: "\u{1F30C}",
-  fireworks: "\u{1F386}",
-  sports_car: "\u{1F3CE}\u{FE0F}",
-  interstellar: "\u{1F680}",
-  lion: "\u{1F981}",
-  universe: "\u{1FA90}",
-};
+// Every gift has a picture shipped with the page (static/gifts/, Twemoji, CC BY 4.0: see
+// its LICENSE.md), so no emoji font is needed; a gift without one gets the wrapped gift.
+const GIFT_ART = new Set([
+  "rose", "heart_me", "finger_heart", "ice_cream", "doughnut", "cap", "hand_hearts", "corgi",
+  "confetti", "money_gun", "swan", "train", "galaxy", "fireworks", "sports_car",
+  "interstellar", "lion", "universe",
+]);
 
+export function giftArtUrl(giftId) {
+  return `/static/gifts/${GIFT_ART.has(giftId) ? giftId : "gift"}.svg`;
+}
+
+/** A new <img> of the gift, 1em square: it takes the size of the text around it. */
 export function giftIcon(giftId) {
-  return Object.hasOwn(GIFT_ICONS, giftId) ? GIFT_ICONS[giftId] : "\u{1F381}";
+  return el("img", {
+    class: "gift-art",
+    src: giftArtUrl(giftId),
+    alt: "",
+    draggable: "false",
+    decoding: "async",
+  });
 }
 
 export const TIERS = ["small", "medium", "large", "huge"];
