@@ -1,14 +1,16 @@
-"""A test client of a live room: a real WebSocket (the `websockets` asyncio client) that
-keeps every frame it reads, sorted by type, and answers "what happened" questions.
+"""A test client of a live room: the project's client (`giftstream_client`) opens the
+socket and reads the welcome, its codec decodes the frames, and this keeps every frame
+it reads, sorted by type, to answer "what happened" questions. Frames are kept as the
+JSON objects the server sent, so a test sees exactly what is on the wire.
 
-Waits are bounded only so that a broken server fails a test instead of hanging it: every
+Reads raise `websockets`' `ConnectionClosed` at the end, as the socket does. Waits are
+bounded only so that a broken server fails a test instead of hanging it: every
 assertion is about what arrived, never about how fast.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,10 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.accounts import Account, sign_up
+from giftstream_client.frames import ChatRequest, GiftRequest, loads
+from giftstream_client.frames import new_request_id as new_request_id
+from giftstream_client.room import RoomConnection, room_url
+from tests.accounts import Account, api, sign_up
 
 WAIT_S = 15.0
 
@@ -25,31 +30,20 @@ WAIT_S = 15.0
 async def live_room(http: httpx.AsyncClient, *, title: str = "a live") -> tuple[Account, str]:
     """A new creator and its live room."""
     creator = await sign_up(http, name="Creator")
-    r = await http.post("/api/rooms", json={"title": title}, headers=creator.headers)
-    assert r.status_code == 201, r.text
-    return creator, r.json()["room_id"]
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return creator, await api(http).create_room(creator, title)
 
 
 def gift(gift_id: str = "rose", count: int = 1, request_id: str | None = None) -> dict[str, Any]:
-    return {
-        "type": "gift",
-        "request_id": request_id or new_request_id(),
-        "gift_id": gift_id,
-        "count": count,
-    }
+    return GiftRequest(gift_id, count, request_id or new_request_id()).as_dict()
 
 
 def chat(text: str, request_id: str | None = None) -> dict[str, Any]:
-    return {"type": "chat", "request_id": request_id or new_request_id(), "text": text}
+    return ChatRequest(text, request_id or new_request_id()).as_dict()
 
 
 @dataclass
 class RoomClient:
-    conn: ClientConnection
+    connection: RoomConnection
     welcome: dict[str, Any]
     events: list[dict[str, Any]] = field(default_factory=list)
     frames: list[dict[str, Any]] = field(default_factory=list)
@@ -66,26 +60,20 @@ class RoomClient:
         since: int | None = None,
         **options: Any,
     ) -> RoomClient:
-        query = []
-        if token is not None:
-            query.append(f"token={token}")
-        if since is not None:
-            query.append(f"since={since}")
-        url = f"{ws_url}/ws/rooms/{room_id}" + ("?" + "&".join(query) if query else "")
-        conn = await connect(url, open_timeout=WAIT_S, **options)
-        try:
-            async with asyncio.timeout(WAIT_S):
-                welcome = orjson.loads(await conn.recv())
-        except BaseException:
-            await conn.close()
-            raise
-        assert welcome["type"] == "welcome", welcome
-        return cls(conn, welcome)
+        """Connect and read the welcome; `options` go to `websockets.connect`."""
+        url = room_url(ws_url, room_id, token=token, since=since)
+        connection = await RoomConnection.open(url, open_timeout_s=WAIT_S, **options)
+        return cls(connection, connection.welcome_json)
+
+    @property
+    def conn(self) -> ClientConnection:
+        return self.connection.conn
 
     async def close(self) -> None:
-        await self.conn.close()
+        await self.connection.close()
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        """A dict as a JSON text frame, a str as a text frame, bytes as a binary frame."""
         if isinstance(frame, dict):
             await self.conn.send(orjson.dumps(frame).decode())
         else:
@@ -101,7 +89,7 @@ class RoomClient:
     async def read(self) -> dict[str, Any]:
         """The next frame (kept)."""
         async with asyncio.timeout(WAIT_S):
-            frame: dict[str, Any] = orjson.loads(await self.conn.recv())
+            frame = loads(await self.conn.recv())
         self._keep(frame)
         return frame
 
