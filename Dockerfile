@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY giftstream_client ./giftstream_client
 COPY client_sim ./client_sim
 COPY load ./load
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \

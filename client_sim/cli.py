@@ -5,8 +5,12 @@
 It signs the viewers up (adults in the US) and buys them coins with the approving test
 card, connects them, prints the room's live feed, and stops by itself after --duration
 seconds with a summary: viewers connected, gifts sent/acked/refused by code, events
-received, and ack and broadcast latency (send of a gift to a viewer's receipt of its
-event). Traffic goes only to --url.
+received (each checked by its seq: gaps, duplicates), ack latency (a gift's send to its
+ack) and broadcast latency (a gift event's server time to a viewer's receipt of it: the
+bot and the server share a clock when they share a machine). Every viewer stays under
+the rate limits the server's welcome names, reconnects with since=<last seq> whenever
+the server drops it, and gives up only after 8 failed reconnects in a row. Traffic goes
+only to --url.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from pathlib import Path
 import orjson
 
 from client_sim.crowd import CrowdConfig, SetupError, run_crowd
-from client_sim.pacing import CHAT_RATE_PER_S, GIFT_RATE_PER_S, SAFETY
 from client_sim.viewer import ViewerPlan
 
 MAX_VIEWERS = 5000
 MAX_DURATION_S = 24 * 3600.0
-MAX_GIFT_RATE = GIFT_RATE_PER_S * SAFETY
-MAX_CHAT_RATE = CHAT_RATE_PER_S * SAFETY
+# Sanity bounds only: the server's own limits (named in its welcome) pace every viewer.
+MAX_GIFT_RATE = 100.0
+MAX_CHAT_RATE = 100.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,14 +59,14 @@ def parser() -> argparse.ArgumentParser:
         "--gift-rate",
         type=float,
         default=0.3,
-        help=f"gifts per second per signed-in viewer, at most {MAX_GIFT_RATE:g} "
+        help="gifts per second per signed-in viewer, paced under the server's limit "
         "(default %(default)s)",
     )
     p.add_argument(
         "--chat-rate",
         type=float,
         default=0.05,
-        help=f"chat lines per second per signed-in viewer, at most {MAX_CHAT_RATE:g} "
+        help="chat lines per second per signed-in viewer, paced under the server's limit "
         "(default %(default)s)",
     )
     p.add_argument(
@@ -88,15 +92,9 @@ def config_from(args: argparse.Namespace) -> CrowdConfig:
     if not 0 < args.duration <= MAX_DURATION_S:
         raise ValueError(f"--duration must be more than 0 and at most {MAX_DURATION_S:g} s")
     if not 0 <= args.gift_rate <= MAX_GIFT_RATE:
-        raise ValueError(
-            f"--gift-rate must be 0..{MAX_GIFT_RATE:g}: the server allows "
-            f"{GIFT_RATE_PER_S:g} gifts/s per connection"
-        )
+        raise ValueError(f"--gift-rate must be 0..{MAX_GIFT_RATE:g}")
     if not 0 <= args.chat_rate <= MAX_CHAT_RATE:
-        raise ValueError(
-            f"--chat-rate must be 0..{MAX_CHAT_RATE:g}: the server allows "
-            f"{CHAT_RATE_PER_S:g} lines/s per connection"
-        )
+        raise ValueError(f"--chat-rate must be 0..{MAX_CHAT_RATE:g}")
     if not 0 <= args.anonymous_share <= 1:
         raise ValueError("--anonymous-share must be 0..1")
     config = CrowdConfig(

@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import httpx
-
-from client_sim.api import Account, ApiError, GiftstreamApi, RoomInfo
-from client_sim.broadcast import BroadcastTimer
 from client_sim.feed import LiveFeed
 from client_sim.gifts import GiftPicker
 from client_sim.stats import SimStats, Summary
 from client_sim.viewer import Viewer, ViewerPlan
+from giftstream_client.errors import ApiError, GiftstreamError, ServerUnreachable
+from giftstream_client.models import Account
+from giftstream_client.rest import GiftstreamClient, ws_base
 
 BOT_NAMES = (
     "Mia",
@@ -50,6 +49,12 @@ BOT_NAMES = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class CrowdRoom:
+    room_id: str
+    title: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class CrowdConfig:
     url: str
@@ -69,16 +74,28 @@ class CrowdConfig:
 
     @property
     def ws_base(self) -> str:
-        base = self.url.rstrip("/")
-        if base.startswith("https://"):
-            return "wss://" + base[len("https://") :]
-        if base.startswith("http://"):
-            return "ws://" + base[len("http://") :]
-        raise ValueError(f"--url must start with http:// or https://, got {self.url!r}")
+        try:
+            return ws_base(self.url)
+        except ValueError:
+            raise ValueError(f"--url must start with http:// or https://: {self.url!r}") from None
 
 
 class SetupError(Exception):
-    """The crowd could not start: the server is unreachable or refused the setup."""
+    """The crowd could not start: the server is unreachable or refused the setup. Its
+    message is one line that says which and what to do."""
+
+
+def setup_error(url: str, exc: BaseException) -> SetupError:
+    if isinstance(exc, ServerUnreachable):
+        return SetupError(f"{exc}")
+    if isinstance(exc, ApiError):
+        hint = ""
+        if exc.status == 503:
+            hint = " (its Redis is unreachable?)"
+        return SetupError(f"the server at {url} refused the setup: {exc}{hint}")
+    if isinstance(exc, TimeoutError):
+        return SetupError(f"setting up at {url} timed out")
+    return SetupError(f"setting up at {url} failed: {exc}")
 
 
 async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
@@ -86,20 +103,23 @@ async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
     rooms or the catalog cannot be had. SIGINT/SIGTERM end the acting phase early."""
     rng = random.Random(config.seed)
     stats = SimStats(viewers_planned=config.viewers)
-    timer = BroadcastTimer()
     leave = asyncio.Event()
-    limits = httpx.Limits(max_connections=config.setup_concurrency)
-    async with httpx.AsyncClient(base_url=config.url, timeout=15.0, limits=limits) as http:
-        api = GiftstreamApi(http)
+    async with GiftstreamClient(
+        config.url, timeout_s=15.0, max_connections=config.setup_concurrency
+    ) as api:
         try:
             async with asyncio.timeout(config.setup_timeout_s):
-                picker = GiftPicker.from_catalog(await api.gifts())
-                if config.plan.package_id not in await api.package_ids():
-                    raise SetupError(f"no coin package {config.plan.package_id!r}")
+                picker = GiftPicker.from_gifts(await api.gifts())
+                packages = [p.id for p in await api.coin_packages()]
+                if config.plan.package_id not in packages:
+                    raise SetupError(
+                        f"no coin package {config.plan.package_id!r} (there are "
+                        f"{', '.join(packages)})"
+                    )
                 rooms, creators = await _rooms(api, config)
                 crowd = await _sign_up(api, config, rooms, stats, rng)
-        except (ApiError, TimeoutError) as exc:
-            raise SetupError(f"setup failed: {exc or 'timed out'}") from exc
+        except (GiftstreamError, TimeoutError) as exc:
+            raise setup_error(config.url, exc) from exc
         feed = LiveFeed(
             out,
             rooms={r.room_id: f"{i + 1}:{r.title[:20]}" for i, r in enumerate(rooms)},
@@ -110,14 +130,13 @@ async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
             Viewer(
                 name=account.name if account else f"anon-{i}",
                 ws_base=config.ws_base,
-                room=room,
+                room_id=room.room_id,
                 account=account,
                 coins=coins,
                 plan=config.plan,
                 picker=picker,
                 api=api,
                 stats=stats,
-                timer=timer,
                 feed=feed,
                 rng=random.Random(rng.random()),
             )
@@ -134,7 +153,9 @@ async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
                         for i, viewer in enumerate(viewers):
                             # Hundreds of handshakes at once are a thundering herd, not a crowd.
                             tasks.create_task(viewer.run(start_after_s=i / config.connects_per_s))
-                        ticker = tasks.create_task(_tick(feed, stats, config.status_every_s))
+                        ticker = tasks.create_task(
+                            _tick(feed, stats, viewers, config.status_every_s)
+                        )
                         lag_watch = tasks.create_task(_watch_loop_lag(stats))
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(config.duration_s):
@@ -151,16 +172,16 @@ async def run_crowd(config: CrowdConfig, out: TextIO) -> Summary:
                 stats.closes["cancelled at stop"] += 1
         if config.end_rooms:
             for room, creator in creators:
-                with contextlib.suppress(ApiError):
+                with contextlib.suppress(GiftstreamError):
                     await api.end_room(creator, room.room_id)
-    stats.broadcast_unmatched = timer.unmatched + timer.pending()
     feed.status()
     return Summary(duration_s=acted, rooms=[r.room_id for r in rooms], stats=stats)
 
 
-async def _tick(feed: LiveFeed, stats: SimStats, every_s: float) -> None:
+async def _tick(feed: LiveFeed, stats: SimStats, viewers: list[Viewer], every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
+        stats.now_connected(sum(1 for v in viewers if v.connected))
         feed.status(
             f"{stats.connected_now} connected, {stats.gifts_acked} gifts acked, "
             f"{sum(stats.events_received.values())} events received"
@@ -178,38 +199,38 @@ async def _watch_loop_lag(stats: SimStats, *, every_s: float = 0.1) -> None:
 
 
 async def _rooms(
-    api: GiftstreamApi, config: CrowdConfig
-) -> tuple[list[RoomInfo], list[tuple[RoomInfo, Account]]]:
+    api: GiftstreamClient, config: CrowdConfig
+) -> tuple[list[CrowdRoom], list[tuple[CrowdRoom, Account]]]:
     """The rooms to fill, and the ones opened here with their creators (to end them)."""
     if config.room_id is not None:
-        room = await api.room(config.room_id)
-        if room.status != "live":
-            raise SetupError(f"room {config.room_id} is {room.status}, not live")
-        return [room], []
-    created: list[tuple[RoomInfo, Account]] = []
+        detail = await api.room(config.room_id)
+        if detail.status != "live":
+            raise SetupError(f"room {config.room_id} is {detail.status}, not live")
+        return [CrowdRoom(detail.room_id, detail.room.title)], []
+    created: list[tuple[CrowdRoom, Account]] = []
     for i in range(config.rooms):
         creator = await api.sign_up(f"Creator {i + 1}")
         title = f"Bot live {i + 1}"
         room_id = await api.create_room(creator, title)
-        room = RoomInfo(room_id, title, creator.user_id, creator.name, "live")
-        created.append((room, creator))
+        created.append((CrowdRoom(room_id, title), creator))
     return [room for room, _ in created], created
 
 
 async def _sign_up(
-    api: GiftstreamApi,
+    api: GiftstreamClient,
     config: CrowdConfig,
-    rooms: list[RoomInfo],
+    rooms: list[CrowdRoom],
     stats: SimStats,
     rng: random.Random,
-) -> list[tuple[RoomInfo, Account | None, int]]:
+) -> list[tuple[CrowdRoom, Account | None, int]]:
     """Every viewer's room, account (None: watches anonymously) and coins. Viewers whose
-    sign-up fails are left out and counted."""
+    sign-up fails are left out and counted; when every one fails, the setup did."""
     anonymous = round(config.viewers * config.anonymous_share)
     stats.anonymous_planned = anonymous
     gate = asyncio.Semaphore(config.setup_concurrency)
+    first_failure: list[GiftstreamError] = []
 
-    async def one(i: int) -> tuple[RoomInfo, Account | None, int] | None:
+    async def one(i: int) -> tuple[CrowdRoom, Account | None, int] | None:
         room = rooms[i % len(rooms)]
         if i < anonymous:
             return room, None, 0
@@ -217,22 +238,24 @@ async def _sign_up(
         async with gate:
             try:
                 account = await api.sign_up(name)
-            except ApiError as exc:
-                stats.signup_failures[exc.code] += 1
+            except GiftstreamError as exc:
+                stats.signup_failures[getattr(exc, "code", type(exc).__name__)] += 1
+                first_failure.append(exc)
                 return None
             coins = 0
             if config.plan.gift_rate > 0:
                 try:
-                    coins = await api.recharge(account, config.plan.package_id)
+                    coins = (await api.recharge(account, config.plan.package_id)).coins
                     stats.recharges += 1
-                except ApiError as exc:
-                    stats.recharge_failures[exc.code] += 1
+                except GiftstreamError as exc:
+                    stats.recharge_failures[getattr(exc, "code", type(exc).__name__)] += 1
         return room, account, coins
 
     async with asyncio.TaskGroup() as tasks:
         jobs = [tasks.create_task(one(i)) for i in range(config.viewers)]
-    crowd = [job.result() for job in jobs]
-    result = [c for c in crowd if c is not None]
+    result = [c for c in (job.result() for job in jobs) if c is not None]
+    if not result and first_failure:
+        raise first_failure[0]
     rng.shuffle(result)
     return result
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
+
+from giftstream_client.frames import Event, RoomState, Welcome
+from giftstream_client.models import TopGifter
 
 
 @dataclass
@@ -17,7 +20,7 @@ class _RoomView:
     label: str
     last_seq: int = 0
     viewers: int = 0
-    top: list[dict[str, Any]] = field(default_factory=list)
+    top: tuple[TopGifter, ...] = field(default_factory=tuple)
     gifts: int = 0
     coins: int = 0
     chats: int = 0
@@ -44,42 +47,36 @@ class LiveFeed:
         self._lines_in_window = 0
         self.suppressed = 0
 
-    def event(self, room_id: str, event: dict[str, Any]) -> None:
+    def event(self, room_id: str, event: Event) -> None:
         view = self._rooms.get(room_id)
-        if view is None:
+        if view is None or event.seq <= view.last_seq:
             return
-        seq = int(event.get("seq", 0))
-        if seq <= view.last_seq:
-            return
-        view.last_seq = seq
-        kind = event.get("kind")
-        sender = (event.get("from") or {}).get("name", "?")
-        if kind == "gift":
+        view.last_seq = event.seq
+        sender = event.sender.name if event.sender is not None else "?"
+        if event.kind == "gift":
             view.gifts += 1
-            view.coins += int(event.get("coins", 0))
-            name = self.gift_names.get(str(event.get("gift_id")), str(event.get("gift_id")))
-            combo = int(event.get("combo", 1))
-            count = int(event.get("count", 1))
-            what = name if count == 1 else f"{count} {name}"
-            suffix = f"  x{combo}" if combo > count else ""
+            view.coins += event.coins
+            name = self.gift_names.get(event.gift_id, event.gift_id)
+            what = name if event.count == 1 else f"{event.count} {name}"
+            suffix = f"  x{event.combo}" if event.combo > event.count else ""
             self._line(view, f"gift  {sender} sent {what}{suffix}")
-        elif kind == "chat":
+        elif event.kind == "chat":
             view.chats += 1
-            self._line(view, f"chat  {sender}: {event.get('text', '')}")
-        elif kind == "room_ended":
+            self._line(view, f"chat  {sender}: {event.text}")
+        elif event.kind == "room_ended":
             view.ended = True
             self._line(view, "----  the live has ended", force=True)
 
-    def room_state(self, room_id: str, frame: dict[str, Any]) -> None:
+    def room_state(self, room_id: str, frame: RoomState | Welcome) -> None:
         view = self._rooms.get(room_id)
         if view is not None:
-            view.viewers = int(frame.get("viewers", view.viewers))
-            view.top = list(frame.get("top", view.top))
+            view.viewers = frame.viewers
+            view.top = frame.top
 
-    def welcome(self, room_id: str, frame: dict[str, Any]) -> None:
+    def welcome(self, room_id: str, frame: Welcome) -> None:
         view = self._rooms.get(room_id)
         if view is not None:
-            view.last_seq = max(view.last_seq, int(frame.get("seq", 0)))
+            view.last_seq = max(view.last_seq, frame.seq)
             self.room_state(room_id, frame)
 
     def status(self, extra: str = "") -> None:
@@ -87,7 +84,7 @@ class LiveFeed:
         if not self.enabled:
             return
         for view in self._rooms.values():
-            top = ", ".join(f"{t.get('name', '?')} {t.get('coins', 0)}" for t in view.top[:3])
+            top = ", ".join(f"{t.name} {t.coins}" for t in view.top[:3])
             self._print(
                 view,
                 f"====  {view.viewers} watching | {view.gifts} gifts, {view.coins} coins, "

@@ -4,7 +4,10 @@ afford. Shared by the bot and the Locust users."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from giftstream_client.models import Gift
 
 # Tapping a cheap gift again and again is how real viewers build combos ("x12").
 COMBO_MAX_COINS = 5
@@ -27,6 +30,11 @@ class GiftPicker:
         self.gifts = sorted(gifts, key=lambda g: g.coins)
         self._weights = [max(g.coins, 1) ** -steepness for g in self.gifts]
         self.names = {g.gift_id: g.name for g in self.gifts}
+
+    @classmethod
+    def from_gifts(cls, gifts: Iterable[Gift]) -> GiftPicker:
+        """From the catalog as the client reads it (`GiftstreamClient.gifts()`)."""
+        return cls([GiftInfo(g.id, g.name, g.coins) for g in gifts])
 
     @classmethod
     def from_catalog(cls, body: dict[str, object]) -> GiftPicker:

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from giftstream_client.frames import Limits
+
 SATURATED_LAG_S = 0.050
 # Bucket width: each bucket is 2% wider than the one below, so a percentile read from the
 # histogram is within 2% of the true value, in constant memory however many samples.
@@ -74,6 +76,12 @@ class SimStats:
     connect_failures: Counter[str] = field(default_factory=Counter)
     closes: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
+    # The most reconnects of any one viewer.
+    reconnects_max: int = 0
+    # Viewers that gave up: their reconnects failed `max_reconnects` times in a row.
+    gave_up: int = 0
+    # The rate limits the bot paced itself under (from the first welcome).
+    limits: Limits = field(default_factory=Limits)
     signup_failures: Counter[str] = field(default_factory=Counter)
     recharges: int = 0
     recharge_failures: Counter[str] = field(default_factory=Counter)
@@ -81,6 +89,8 @@ class SimStats:
     gifts_acked: int = 0
     gifts_refused: Counter[str] = field(default_factory=Counter)
     gifts_unanswered: int = 0
+    # Sends of an already sent gift (same request_id) after a drop or a retryable refusal.
+    gifts_resent: int = 0
     coins_spent: int = 0
     chats_sent: int = 0
     chats_refused: Counter[str] = field(default_factory=Counter)
@@ -88,7 +98,6 @@ class SimStats:
     events_received: Counter[str] = field(default_factory=Counter)
     seq_gaps: int = 0
     seq_duplicates: int = 0
-    broadcast_unmatched: int = 0
     ack_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     broadcast_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     # The bot's own event-loop delay: a busy bot adds it to every latency above.
@@ -100,12 +109,10 @@ class SimStats:
         p95 = self.loop_lag.percentile(95)
         return p95 is not None and p95 > SATURATED_LAG_S
 
-    def connected(self) -> None:
-        self.connected_now += 1
-        self.peak_connected = max(self.peak_connected, self.connected_now)
-
-    def disconnected(self) -> None:
-        self.connected_now -= 1
+    def now_connected(self, count: int) -> None:
+        """How many are connected at this moment (the status ticker counts them)."""
+        self.connected_now = count
+        self.peak_connected = max(self.peak_connected, count)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,16 @@ class Summary:
                 "connect_failures": dict(s.connect_failures),
                 "closes": dict(s.closes),
                 "reconnects": s.reconnects,
+                "reconnects_max": s.reconnects_max,
+                "gave_up": s.gave_up,
                 "signup_failures": dict(s.signup_failures),
+            },
+            "limits": {
+                "gift_per_s": s.limits.gift_per_s,
+                "gift_burst": s.limits.gift_burst,
+                "chat_per_s": s.limits.chat_per_s,
+                "chat_burst": s.limits.chat_burst,
+                "from_server": s.limits.from_server,
             },
             "recharges": {"ok": s.recharges, "failed": dict(s.recharge_failures)},
             "gifts": {
@@ -137,6 +153,7 @@ class Summary:
                 "acked": s.gifts_acked,
                 "refused": dict(s.gifts_refused),
                 "unanswered": s.gifts_unanswered,
+                "resent": s.gifts_resent,
                 "coins_spent": s.coins_spent,
             },
             "chat": {"sent": s.chats_sent, "refused": dict(s.chats_refused)},
@@ -148,10 +165,7 @@ class Summary:
                 "seq_duplicates": s.seq_duplicates,
             },
             "ack_latency_ms": s.ack_latency.summary_ms(),
-            "broadcast_latency_ms": {
-                **s.broadcast_latency.summary_ms(),
-                "unmatched": s.broadcast_unmatched,
-            },
+            "broadcast_latency_ms": s.broadcast_latency.summary_ms(),
             "bot_loop_lag_ms": s.loop_lag.summary_ms(),
             "bot_saturated": s.saturated,
         }
@@ -165,18 +179,18 @@ class Summary:
             f"  viewers    {s.viewers_planned} planned ({s.anonymous_planned} anonymous), "
             f"{s.viewers_connected} connected, peak {s.peak_connected} at once, "
             f"{sum(s.connect_failures.values())} failed to connect{_codes(s.connect_failures)}, "
-            f"{s.reconnects} reconnected; closed by the server{_codes(s.closes) or ' 0'}",
+            f"{s.reconnects} reconnected, {s.gave_up} gave up; "
+            f"closed by the server{_codes(s.closes) or ' 0'}",
             f"  gifts      {s.gifts_sent} sent, {s.gifts_acked} acked, {refused} refused"
-            f"{_codes(s.gifts_refused)}, {s.gifts_unanswered} unanswered; "
-            f"{s.coins_spent} coins spent; {s.recharges} recharges",
+            f"{_codes(s.gifts_refused)}, {s.gifts_unanswered} unanswered, "
+            f"{s.gifts_resent} resent; {s.coins_spent} coins spent; {s.recharges} recharges",
             f"  chat       {s.chats_sent} sent, {sum(s.chats_refused.values())} refused"
             f"{_codes(s.chats_refused)}",
             f"  events     {events} received{_codes(s.events_received)} in "
             f"{s.frames_received} frames; {s.seq_gaps} seq gaps, {s.seq_duplicates} duplicates",
             "  ack        " + _latency_line(s.ack_latency),
-            "  broadcast  "
-            + _latency_line(s.broadcast_latency)
-            + f", {s.broadcast_unmatched} unmatched",
+            "  broadcast  " + _latency_line(s.broadcast_latency) + " (event ts to receipt)",
+            f"  limits     {s.limits.describe()}",
         ]
         lines.append("  loop lag   " + _latency_line(s.loop_lag))
         if s.saturated:

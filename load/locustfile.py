@@ -38,7 +38,6 @@ try:
 except ImportError:  # a checkout that is not installed: Locust put only load/ on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client_sim.api import ADULT_BIRTHDATE, APPROVED_CARD  # noqa: E402
 from client_sim.broadcast import BroadcastTimer  # noqa: E402
 from client_sim.gifts import COMBO_MAX_COINS, GiftPicker  # noqa: E402
 from client_sim.pacing import (  # noqa: E402
@@ -48,6 +47,7 @@ from client_sim.pacing import (  # noqa: E402
     GIFT_RATE_PER_S,
     TokenGate,
 )
+from giftstream_client.calls import ADULT_BIRTHDATE, APPROVED_CARD  # noqa: E402
 from load.popularity import RoomChooser  # noqa: E402
 from load.room_socket import RoomSocket  # noqa: E402
 

@@ -19,7 +19,7 @@ class TcpProxy:
         self.hold_replies = False
         self.connections = 0
         self._server: asyncio.Server | None = None
-        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._pairs: dict[tuple[asyncio.StreamWriter, asyncio.StreamWriter], bytes] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -47,13 +47,20 @@ class TcpProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def cut(self) -> None:
-        """Drop every connection now (the client sees its socket die, no close frame)."""
-        for client, upstream in list(self._pairs):
-            for writer in (client, upstream):
+    def cut(self, *, only_path: bytes = b"") -> int:
+        """Drop every connection now (the client sees its socket die, no close frame), or
+        only those whose request was for a path starting with `only_path` (`b"/ws/"`: the
+        room sockets, not the REST calls); how many."""
+        cut = 0
+        for pair, first in list(self._pairs.items()):
+            if only_path and not first.startswith(b"GET " + only_path):
+                continue
+            for writer in pair:
                 with contextlib.suppress(Exception):
                     writer.transport.abort()
-        self._pairs.clear()
+            del self._pairs[pair]
+            cut += 1
+        return cut
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -63,19 +70,26 @@ class TcpProxy:
             writer.transport.abort()
             return
         pair = (writer, up_writer)
-        self._pairs.add(pair)
+        self._pairs[pair] = b""
         for task in (
-            asyncio.create_task(self._pump(reader, up_writer, replies=False)),
+            asyncio.create_task(self._pump(reader, up_writer, replies=False, pair=pair)),
             asyncio.create_task(self._pump(up_reader, writer, replies=True)),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        replies: bool,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter] | None = None,
     ) -> None:
         try:
             while data := await reader.read(65536):
+                if pair is not None and self._pairs.get(pair) == b"":
+                    self._pairs[pair] = data[:64]
                 if replies and self.hold_replies:
                     continue
                 writer.write(data)
