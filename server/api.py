@@ -1,5 +1,5 @@
 """REST endpoints (DESIGN section 4). Refusals become `{code, message}` bodies here, and
-only here, with the HTTP status of `STATUS_BY_CODE`."""
+only here (`refusal_response`), with the HTTP status each `Refusal` carries."""
 
 from __future__ import annotations
 
@@ -13,39 +13,13 @@ from starlette.routing import Route
 
 from server import economy, metrics
 from server.auth import issue_token, user_from_token
-from server.errors import BadRequest, Forbidden, Refusal, Unauthorized, Underage
+from server.errors import BadRequest, Refusal, Suspended, Unauthorized, Underage
 from server.services import Services
 from server.store.wallets import Profile, check_idempotency_key
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_TITLE_LENGTH = 100
 MAX_PAGE = 100
-
-STATUS_BY_CODE: dict[str, int] = {
-    "bad_request": 400,
-    "unknown_package": 400,
-    "unknown_gift": 400,
-    "unauthorized": 401,
-    "payment_declined": 402,
-    "insufficient_funds": 402,
-    "insufficient_coins": 402,
-    "forbidden": 403,
-    "underage": 403,
-    "region_unavailable": 403,
-    "suspended": 403,
-    "not_verified": 403,
-    "no_payout_method": 403,
-    "not_found": 404,
-    "idempotency_conflict": 409,
-    "room_not_live": 409,
-    "below_minimum": 422,
-    "over_daily_limit": 422,
-    "spending_limit_reached": 422,
-    "insufficient_diamonds": 422,
-    "rate_limited": 429,
-    "internal": 500,
-    "unavailable": 503,
-}
 
 
 class JSONResponse(Response):
@@ -55,14 +29,9 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(code: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"code": code, "message": message}, status_code=STATUS_BY_CODE.get(code, 400)
-    )
-
-
 def refusal_response(exc: Refusal) -> JSONResponse:
-    return error_response(exc.code, exc.message)
+    """A refusal as its `{code, message}` body with its own HTTP status."""
+    return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
 
 
 def services(request: Request) -> Services:
@@ -274,12 +243,7 @@ async def request_cashout(request: Request) -> Response:
     key = check_idempotency_key(body["idempotency_key"])
     diamonds = int_field(body, "diamonds", minimum=1, maximum=10**12)
     economy.check_cashout_allowed(
-        born=user.born,
-        today=today(),
-        verified=user.verified,
-        has_payout_method=user.payout is not None,
-        diamonds=diamonds,
-        minimum=svc.settings.cashout_min_diamonds,
+        born=user.born, today=today(), diamonds=diamonds, minimum=svc.settings.cashout_min_diamonds
     )
     answer = await svc.wallets.request_cashout(user.user_id, diamonds=diamonds, idempotency_key=key)
     if not answer["replayed"]:
@@ -300,7 +264,7 @@ async def create_room(request: Request) -> Response:
     svc = services(request)
     user = await current_user(request)
     if user.status != "active":
-        raise Forbidden("this account is suspended")
+        raise Suspended("this account is suspended")
     body = await read_json(request, required={"title"})
     title = string_field(body, "title", max_length=MAX_TITLE_LENGTH).strip()
     if not title:

@@ -8,8 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,8 +18,9 @@ from starlette.staticfiles import StaticFiles
 
 from server import api, metrics, ws
 from server.direct import DirectWrites
-from server.errors import Refusal
+from server.errors import Internal, Refusal, Unavailable
 from server.hub import RoomHub
+from server.room_commands import RoomCommands, run_gift_steps
 from server.services import Services
 from server.settings import Settings
 
@@ -60,14 +60,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
             rooms=svc.rooms, client=svc.redis, settings=settings, process_id=svc.process_id
         )
         app.state.hub = hub
+        commands = RoomCommands(
+            steps=svc.gifts, rooms=svc.rooms, settings=settings, is_live=hub.is_live
+        )
+        app.state.commands = commands
         tasks = [
-            asyncio.create_task(svc.gifts.run_sweeper(), name="gift-sweeper"),
+            asyncio.create_task(run_gift_steps(commands), name="gift-steps"),
             asyncio.create_task(_payout_processor(svc), name="payout-processor"),
             asyncio.create_task(hub.run(), name="room-hub"),
+            asyncio.create_task(svc.sockets.run(), name="user-sockets"),
         ]
         try:
             yield
         finally:
+            # Gifts debited and acked finish their steps before the process goes (what
+            # does not finish in time stays pending, for a sweeper).
+            if not await commands.finisher.drain(timeout_s=settings.drain_gift_steps_s):
+                log.warning("shutdown: gift steps still running; a sweeper will finish them")
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -82,11 +91,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def on_redis_down(request: Request, exc: Exception) -> Response:
         metrics.REDIS_ERRORS.inc()
         log.warning("redis unavailable: %s", exc)
-        return api.error_response("unavailable", "the store is unavailable; try again shortly")
+        return api.refusal_response(Unavailable("the store is unavailable; try again shortly"))
 
     async def on_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error", exc_info=exc)
-        return api.error_response("internal", "internal error")
+        return api.refusal_response(Internal("internal error"))
 
     return Starlette(
         routes=[*api.routes, *ws.routes, *static_routes()],
@@ -94,8 +103,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[Middleware(DirectWrites)],
         exception_handlers={
             Refusal: on_refusal,
-            RedisConnectionError: on_redis_down,
-            RedisTimeoutError: on_redis_down,
+            RedisError: on_redis_down,
             OSError: on_redis_down,
             Exception: on_error,
         },

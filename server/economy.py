@@ -18,8 +18,6 @@ from server.errors import (
     BadRequest,
     BelowMinimum,
     Forbidden,
-    NoPayoutMethod,
-    NotVerified,
     RegionUnavailable,
     Underage,
     UnknownGift,
@@ -219,22 +217,12 @@ def usd_cents_for(diamonds: int) -> int:
     return diamonds * MICRO_USD_PER_DIAMOND // MICRO_USD_PER_CENT
 
 
-def check_cashout_allowed(
-    *,
-    born: dt.date,
-    today: dt.date,
-    verified: bool,
-    has_payout_method: bool,
-    diamonds: int,
-    minimum: int,
-) -> None:
-    """The rules of a cash-out that do not depend on balances (checked atomically in the store)."""
+def check_cashout_allowed(*, born: dt.date, today: dt.date, diamonds: int, minimum: int) -> None:
+    """The rules of a cash-out that depend on no stored state: age and minimum. Standing,
+    identity, payout method, daily limit and balance are checked atomically by the store
+    (request_cashout.lua), and only there."""
     if age_on(born, today) < ADULT_AGE:
         raise Underage("cashing out needs an account aged 18 or over")
-    if not verified:
-        raise NotVerified("verify your identity before cashing out")
-    if not has_payout_method:
-        raise NoPayoutMethod("link a bank account or PayPal before cashing out")
     if diamonds < minimum:
         raise BelowMinimum(f"the minimum cash-out is {minimum} diamonds")
 

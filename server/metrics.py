@@ -49,6 +49,39 @@ SLOW_READERS_CLOSED = Counter(
     "giftstream_slow_readers_closed",
     "Sockets closed with 1008 because they held too many unsent bytes",
 )
+CHAT_LINES = Counter(
+    "giftstream_chat_lines",
+    "Chat lines posted (result=posted) or refused (result=<code>)",
+    ["result"],
+)
+GIFTS_REFUNDED = Counter(
+    "giftstream_gifts_refunded", "Gifts refunded because their room ended before they were shown"
+)
+COINS_REFUNDED = Counter("giftstream_coins_refunded", "Coins given back for refunded gifts")
+GIFT_STEP_FAILURES = Counter(
+    "giftstream_gift_step_failures",
+    "Gift saga steps 2-4 that failed (the transfer stays pending and is retried)",
+    ["step"],
+)
+GIFT_STEPS_DEFERRED = Counter(
+    "giftstream_gift_steps_deferred",
+    "Debited gifts left to the sweeper because the finisher's queue was full",
+)
+PENDING_TRANSFERS = Gauge(
+    "giftstream_pending_transfers",
+    "Gift transfers pending in Redis at the sweeper's last round (the sweeper backlog)",
+    multiprocess_mode="mostrecent",
+)
+PENDING_OLDEST_SECONDS = Gauge(
+    "giftstream_pending_oldest_seconds",
+    "Age of the oldest pending gift transfer at the sweeper's last round",
+    multiprocess_mode="mostrecent",
+)
+SWEPT_TRANSFERS = Counter(
+    "giftstream_swept_transfers",
+    "Pending gift transfers the sweeper finished (result=settled or refunded)",
+    ["result"],
+)
 REDIS_ERRORS = Counter("giftstream_redis_errors", "Requests or frames that failed on Redis")
 GIFT_ACK_SECONDS = Histogram(
     "giftstream_gift_ack_seconds",

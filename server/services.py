@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from server.economy import Catalog, load_catalog
 from server.settings import Settings
 from server.store.connection import Client, Scripts, connect, load_scripts
-from server.store.gifts import GiftSaga
+from server.store.gifts import GiftSteps
 from server.store.rooms import RoomStore
+from server.store.sockets import UserSockets
 from server.store.wallets import WalletStore
 
 
@@ -21,24 +22,29 @@ class Services:
     redis: Client
     scripts: Scripts
     wallets: WalletStore
-    gifts: GiftSaga
+    gifts: GiftSteps
     rooms: RoomStore
-    # Names this process in presence records: unique per process, even after a restart.
-    process_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(4)}")
+    sockets: UserSockets
+    # Names this process in presence records and socket counts: unique per process, even
+    # after a restart.
+    process_id: str
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         catalog = load_catalog()
         client = connect(settings)
         scripts = load_scripts(client)
+        process_id = f"{os.getpid()}-{secrets.token_hex(4)}"
         return cls(
             settings=settings,
             catalog=catalog,
             redis=client,
             scripts=scripts,
             wallets=WalletStore(client, scripts, settings, catalog),
-            gifts=GiftSaga(client, scripts, settings),
+            gifts=GiftSteps(client, scripts, settings),
             rooms=RoomStore(client, scripts, settings),
+            sockets=UserSockets(client, scripts, settings, process_id=process_id),
+            process_id=process_id,
         )
 
     async def close(self) -> None:

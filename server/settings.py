@@ -105,6 +105,12 @@ class Settings:
     chat_burst: int = 5
     combo_gap_ms: int = 5000
     room_state_interval_ms: int = 250
+    # Rooms' sockets: browser origins allowed to open one (empty: the server's own origin
+    # only; "*": any); a handshake without Origin (a native app, a bot) is always allowed.
+    allowed_origins: tuple[str, ...] = ()
+    max_sockets_per_user: int = 20
+    # At shutdown, how long the gift steps in flight may take to finish.
+    drain_gift_steps_s: float = 5.0
     # permessage-deflate compresses every frame once per connection, which undoes
     # encoding a room's flush once for all its viewers: off unless asked for.
     ws_compression: bool = False
@@ -173,4 +179,13 @@ class Settings:
             combo_gap_ms=_int(env, "GS_COMBO_GAP_MS", d.combo_gap_ms),
             room_state_interval_ms=_int(env, "GS_ROOM_STATE_INTERVAL_MS", d.room_state_interval_ms),
             ws_compression=_bool(env, "GS_WS_COMPRESSION", d.ws_compression),
+            allowed_origins=tuple(
+                o.strip().rstrip("/")
+                for o in env.get("GS_ALLOWED_ORIGINS", "").split(",")
+                if o.strip()
+            ),
+            max_sockets_per_user=_int(
+                env, "GS_MAX_SOCKETS_PER_USER", d.max_sockets_per_user, minimum=1
+            ),
+            drain_gift_steps_s=_float(env, "GS_DRAIN_GIFT_STEPS_S", d.drain_gift_steps_s),
         )

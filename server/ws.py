@@ -5,9 +5,10 @@ joined in the hub, welcomed (with the missed events when `since` is given), and 
 by a reader task that decodes and answers the client's frames one at a time. Frames to
 the client (the room's, and answers) are written straight into the socket when the
 server allows it (`server.direct`), else queued for a writer task of the socket's own.
-Refusals become error frames or close codes here, and only here (`frame_code`,
-`close_code`). Nothing a client sends can end the connection except an oversized frame
-(1009); nothing it sends can crash the server.
+Gift and chat frames are served by `server.room_commands`, the one path they take.
+Refusals become error frames (their `wire` code) or, before the welcome, close codes
+(their `close` code) here, and only here. Nothing a client sends can end the connection
+except an oversized frame (1009); nothing it sends can crash the server.
 """
 
 from __future__ import annotations
@@ -16,30 +17,21 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from server import economy, metrics
+from server import metrics
 from server.auth import user_from_token
 from server.direct import SCOPE_KEY, DirectSocket
-from server.errors import (
-    Forbidden,
-    NotFound,
-    RateLimited,
-    Refusal,
-    RoomNotLive,
-    Unauthorized,
-)
+from server.errors import Forbidden, NotFound, Refusal, Unavailable
 from server.hub import RoomHub
 from server.protocol import (
     PONG,
     ChatFrame,
     FrameRejected,
-    GiftFrame,
     Outgoing,
     PingFrame,
     ack_frame,
@@ -49,10 +41,9 @@ from server.protocol import (
     events_frame,
     welcome_frame,
 )
-from server.rate_limit import TokenBucket
+from server.room_commands import LiveRoom, RoomCommands
 from server.services import Services
 from server.store.cancellation import reraise_lost_cancellation
-from server.store.gifts import GiftOrder
 from server.store.wallets import Profile
 from server.viewers import DirectViewer, QueuedViewer, Viewer
 
@@ -61,48 +52,9 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_NOT_FOUND = 4404
 HISTORY_FRAME_EVENTS = 200
 _SINCE = re.compile(r"^\d{1,18}$")
 _PEER_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
-
-# The error codes a client can see in an error frame (DESIGN section 4).
-FRAME_CODES = frozenset(
-    {
-        "bad_request",
-        "unauthorized",
-        "unknown_gift",
-        "insufficient_coins",
-        "spending_limit_reached",
-        "rate_limited",
-        "room_not_live",
-        "forbidden",
-        "unavailable",
-        "internal",
-    }
-)
-_FORBIDDEN_CODES = frozenset({"suspended", "underage", "region_unavailable", "not_verified"})
-_CLOSE_CODES = {
-    "unauthorized": CLOSE_UNAUTHORIZED,
-    "not_found": CLOSE_NOT_FOUND,
-    "room_not_live": CLOSE_NOT_FOUND,
-    "unavailable": CLOSE_TRY_AGAIN_LATER,
-}
-
-
-def frame_code(refusal: Refusal) -> str:
-    """The error frame's code for a refusal: one of `FRAME_CODES`."""
-    if refusal.code in FRAME_CODES:
-        return refusal.code
-    if refusal.code in _FORBIDDEN_CODES:
-        return "forbidden"
-    return "bad_request"
-
-
-def close_code(refusal: Refusal) -> int:
-    """The close code for a refusal met before the welcome (auth, room, Redis)."""
-    return _CLOSE_CODES.get(refusal.code, 1008)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -120,17 +72,18 @@ def _is_store_error(exc: BaseException) -> bool:
 class RoomSession:
     """One accepted WebSocket in one room."""
 
-    def __init__(self, websocket: WebSocket, svc: Services, hub: RoomHub) -> None:
+    def __init__(
+        self, websocket: WebSocket, svc: Services, hub: RoomHub, commands: RoomCommands
+    ) -> None:
         self.ws = websocket
         self.svc = svc
         self.hub = hub
+        self.commands = commands
         self.room_id: str = websocket.path_params["room_id"]
         self.user: Profile | None = None
-        self.creator_id = ""
-        s = svc.settings
-        now = time.monotonic()
-        self.gift_bucket = TokenBucket(rate_per_s=s.gift_rate_per_s, burst=s.gift_burst, now=now)
-        self.chat_bucket = TokenBucket(rate_per_s=s.chat_rate_per_s, burst=s.chat_burst, now=now)
+        self.room = LiveRoom(self.room_id, "")
+        # This socket's entry in its user's count of open sockets (signed-in users only).
+        self.socket_member: str | None = None
 
     async def serve(self) -> None:
         viewer: Viewer | None = None
@@ -144,14 +97,15 @@ class RoomSession:
                 await self.hub.join(self.room_id, viewer)
                 started = await self._welcome(viewer)
             except Refusal as exc:
-                await self._close(close_code(exc), exc.message)
+                await self._close(exc.close, exc.message)
                 return
             except Exception as exc:
                 if not _is_store_error(exc):
                     raise
                 metrics.REDIS_ERRORS.inc()
                 log.warning("websocket refused, redis unavailable: %s", exc)
-                await self._close(CLOSE_TRY_AGAIN_LATER, "the store is unavailable; try again")
+                refusal = Unavailable("the store is unavailable; try again")
+                await self._close(refusal.close, refusal.message)
                 return
             if not started:
                 await self._close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<seq>")
@@ -160,6 +114,9 @@ class RoomSession:
         finally:
             if viewer is not None:
                 self.hub.leave(self.room_id, viewer)
+            if self.socket_member is not None:
+                with contextlib.suppress(Exception):  # if Redis is away, it expires
+                    await self.svc.sockets.close(self.socket_member)
 
     async def _close(self, code: int, reason: str) -> None:
         # The peer may be gone already: then there is no one to tell.
@@ -178,7 +135,24 @@ class RoomSession:
             return credentials.strip()
         return None
 
+    def _check_origin(self) -> None:
+        """A browser's handshake from an origin not allowed is refused (4403): another
+        site's page must not act with the user's identity. No Origin (a native app, a
+        bot) is fine."""
+        origin = self.ws.headers.get("origin")
+        if origin is None:
+            return
+        allowed = self.svc.settings.allowed_origins
+        origin = origin.rstrip("/")
+        if "*" in allowed or origin in allowed:
+            return
+        host = self.ws.headers.get("host", "")
+        if not allowed and origin in (f"http://{host}", f"https://{host}"):
+            return
+        raise Forbidden(f"origin {origin[:100]} may not open room sockets here")
+
     async def _admit(self) -> None:
+        self._check_origin()
         token = self._token()
         if token is not None:
             user_id = user_from_token(token, secret=self.svc.settings.token_secret)
@@ -186,7 +160,9 @@ class RoomSession:
         raw = await self.svc.rooms.room(self.room_id)
         if raw["status"] != "live":
             raise NotFound("this live has ended")
-        self.creator_id = raw["creator_id"]
+        self.room = LiveRoom(self.room_id, raw["creator_id"])
+        if self.user is not None:
+            self.socket_member = await self.svc.sockets.open(self.user.user_id)
 
     def _since(self) -> int | None:
         raw = self.ws.query_params.get("since")
@@ -303,103 +279,33 @@ class RoomSession:
 
     async def _handle(self, viewer: Viewer, text: str) -> None:
         request_id: str | None = None
-        gift = False
         try:
             frame = decode_client_frame(text, self.svc.catalog)
             if isinstance(frame, PingFrame):
                 self._reply(viewer, PONG)
                 return
             request_id = frame.request_id
-            if isinstance(frame, GiftFrame):
-                gift = True
-                await self._gift(viewer, frame)
+            if isinstance(frame, ChatFrame):
+                await self.commands.chat(self.user, self.room, frame)
             else:
-                await self._chat(frame)
+                coins = await self.commands.gift(self.user, self.room, frame)
+                self._reply(viewer, ack_frame(frame.request_id, coins))
         except FrameRejected as exc:
             refusal = exc.refusal
-            self._reply(viewer, error_frame(frame_code(refusal), refusal.message, exc.request_id))
+            self._reply(viewer, error_frame(refusal.wire, refusal.message, exc.request_id))
         except Refusal as exc:
-            code = frame_code(exc)
-            if gift:
-                metrics.GIFTS.labels(result=code).inc()
-            self._reply(viewer, error_frame(code, exc.message, request_id))
-        except Exception as exc:
-            if _is_store_error(exc):
-                metrics.REDIS_ERRORS.inc()
-                log.warning("frame not served, redis unavailable: %s", exc)
-                code, message = "unavailable", "the store is unavailable; try again"
-            else:
-                log.exception("frame not served: internal error")
-                code, message = "internal", "internal error"
-            if gift:
-                metrics.GIFTS.labels(result=code).inc()
-            self._reply(viewer, error_frame(code, message, request_id))
-
-    def _need_user(self, what: str) -> Profile:
-        if self.user is None:
-            raise Unauthorized(f"watching only: sign in (token=…) to {what}")
-        return self.user
-
-    async def _gift(self, viewer: Viewer, frame: GiftFrame) -> None:
-        started = time.perf_counter()
-        user = self._need_user("send gifts")
-        if not self.gift_bucket.take(time.monotonic()):
-            raise RateLimited("too many gifts: slow down")
-        economy.check_gift_allowed(sender_id=user.user_id, creator_id=self.creator_id)
-        if not self.hub.is_live(self.room_id):
-            raise RoomNotLive("this live has ended")
-        gifts = self.svc.gifts
-        receipt = await gifts.debit(
-            GiftOrder(
-                sender_id=user.user_id,
-                sender_name=user.name,
-                room_id=self.room_id,
-                creator_id=self.creator_id,
-                gift=frame.gift,
-                count=frame.count,
-                request_id=frame.request_id,
-            )
-        )
-        # Acked once debited (DESIGN section 3); steps 2-4 follow before the next frame.
-        self._reply(viewer, ack_frame(frame.request_id, receipt.coins))
-        metrics.GIFT_ACK_SECONDS.observe(time.perf_counter() - started)
-        metrics.GIFTS.labels(result="acked").inc()
-        if not receipt.replayed:
-            coins = economy.gift_total(frame.gift, frame.count)
-            metrics.COINS_SPENT.inc(coins)
-            metrics.DIAMONDS_CREDITED.inc(
-                economy.diamonds_for(coins, self.svc.settings.diamonds_per_coin)
-            )
-        try:
-            await gifts.complete(receipt)
-        except Exception as exc:  # noqa: BLE001 - acked already: the sweeper finishes it
-            metrics.REDIS_ERRORS.inc()
-            log.warning("gift %s: steps 2-4 failed (%s); the sweeper finishes it", receipt, exc)
-
-    async def _chat(self, frame: ChatFrame) -> None:
-        user = self._need_user("chat")
-        if user.status != "active":
-            raise Forbidden("this account is suspended")
-        if not self.chat_bucket.take(time.monotonic()):
-            raise RateLimited("too many chat lines: slow down")
-        if not self.hub.is_live(self.room_id):
-            raise RoomNotLive("this live has ended")
-        await self.svc.rooms.post_chat(
-            self.room_id,
-            user_id=user.user_id,
-            name=user.name,
-            request_id=frame.request_id,
-            text=frame.text,
-        )
+            self._reply(viewer, error_frame(exc.wire, exc.message, request_id))
+        except Exception:
+            log.exception("frame not served: internal error")
+            self._reply(viewer, error_frame("internal", "internal error", request_id))
 
 
 async def room_socket(websocket: WebSocket) -> None:
-    svc: Services = websocket.app.state.services
-    hub: RoomHub = websocket.app.state.hub
+    state = websocket.app.state
     await websocket.accept()
     metrics.CONNECTIONS_OPEN.inc()
     try:
-        await RoomSession(websocket, svc, hub).serve()
+        await RoomSession(websocket, state.services, state.hub, state.commands).serve()
     except Exception:
         log.exception("websocket session failed")
         with contextlib.suppress(Exception):

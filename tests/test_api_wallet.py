@@ -8,27 +8,26 @@ import uuid
 import httpx
 import pytest
 
+from server.room_commands import LiveRoom
 from server.services import Services
-from server.store.gifts import GiftOrder
 from tests.accounts import APPROVED_CARD, Account, funded, recharge, sign_up
+from tests.gifting import gifting
 
 
 async def give_diamonds(
     services: Services, creator: Account, coins: int, http: httpx.AsyncClient
 ) -> None:
-    """A fan sends `creator` gifts worth `coins` (through the real gift saga)."""
+    """A fan sends `creator` gifts worth `coins` (through the real gift path)."""
     sender = await funded(http, "p10000")
     room_id = await services.rooms.create(creator_id=creator.user_id, creator_name="C", title="t")
-    rose = services.catalog.gift("rose")
-    galaxy = services.catalog.gift("galaxy")
-    while coins > 0:
-        gift, count = (galaxy, min(coins // 1000, 9)) if coins >= 1000 else (rose, min(coins, 99))
-        await services.gifts.send(
-            GiftOrder(
-                sender.user_id, "fan", room_id, creator.user_id, gift, count, uuid.uuid4().hex
+    room = LiveRoom(room_id, creator.user_id)
+    async with gifting(services) as g:
+        while coins > 0:
+            gift_id, count = (
+                ("galaxy", min(coins // 1000, 9)) if coins >= 1000 else ("rose", min(coins, 99))
             )
-        )
-        coins -= gift.coins * count
+            await g.send(sender.user_id, room, gift_id, count)
+            coins -= services.catalog.gift(gift_id).coins * count
 
 
 async def test_catalog_endpoints(http: httpx.AsyncClient) -> None:

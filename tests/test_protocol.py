@@ -27,7 +27,6 @@ from server.protocol import (
     room_state_frame,
     welcome_frame,
 )
-from server.rate_limit import TokenBucket
 
 
 def refused(data: str | bytes, catalog: Catalog) -> tuple[str, str | None]:
@@ -201,13 +200,3 @@ def test_an_outgoing_frame_is_framed_once_for_every_socket() -> None:
         frame = parsed.value.value
         assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, out.data)
         assert not reader.buffer  # nothing after the frame
-
-
-def test_token_bucket_allows_the_burst_then_the_rate() -> None:
-    bucket = TokenBucket(rate_per_s=20, burst=50, now=100.0)
-    assert all(bucket.take(100.0) for _ in range(50))
-    assert not bucket.take(100.0)
-    assert [bucket.take(100.125) for _ in range(3)] == [True, True, False]  # 2.5 back
-    assert sum(bucket.take(200.0) for _ in range(60)) == 50  # never more than the burst
-    frozen = TokenBucket(rate_per_s=0, burst=2, now=0.0)
-    assert [frozen.take(t) for t in (0.0, 1.0, 1e6)] == [True, True, False]

@@ -1,32 +1,40 @@
-"""Decoding what the Lua scripts answer."""
+"""Decoding what the Lua scripts answer (their one style: `_common.lua`).
+
+A script answers `{'ok', …}` when done, `{code, message}` when it refuses (nothing
+written), or an error reply (`GSFAULT …`, or Redis's own: WRONGTYPE, NOPERM, OOM…) when the
+store cannot do it now (nothing written either). The first is returned, the second raised
+as the `Refusal` its code names, the third raised by redis-py as a `ResponseError`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from server.errors import refusal_from_code
+from server.errors import Refusal, refusal_for
 
 
-def decode_answer(raw: bytes | str) -> dict[str, Any]:
-    """A script's JSON answer; an `{"error": code, "message": …}` answer is raised."""
-    answer: dict[str, Any] = orjson.loads(raw)
-    code = answer.get("error")
-    if code is not None:
-        raise refusal_from_code(str(code), str(answer.get("message", code)))
-    return answer
-
-
-def text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
+def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def answer(raw: Any) -> list[Any]:
+    """The fields of a script's `ok` answer (after 'ok'); a refusal is raised as its
+    `Refusal`, an error reply (an exception object from a pipeline) as itself."""
+    if isinstance(raw, BaseException):
+        raise raw
+    status = text(raw[0])
+    if status == "ok":
+        return list(raw[1:])
+    raise refusal_for(status, text(raw[1]))
+
+
+def refusal_of(raw: Any) -> Refusal | None:
+    """The refusal a script's answer carries, or None for an `ok` (or an exception)."""
+    if isinstance(raw, BaseException) or text(raw[0]) == "ok":
+        return None
+    return refusal_for(text(raw[0]), text(raw[1]))
 
 
 def fields(raw: dict[Any, Any]) -> dict[str, str]:
     """A Redis hash as str -> str."""
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    return {text(k): text(v) for k, v in raw.items()}

@@ -1,5 +1,6 @@
-"""Connecting to Redis or a Redis Cluster, the Lua scripts loaded once per client, and
-`ScriptBatch`, which runs the script calls of many concurrent requests in one round trip."""
+"""Connecting to Redis or a Redis Cluster, the Lua scripts loaded once per client,
+`run_pipelined`, which runs many calls in one round trip, and `ScriptBatch`, which
+gathers the calls of many concurrent requests into one such round trip."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.commands.core import AsyncScript
@@ -22,39 +23,57 @@ SCRIPT_NAMES = (
     "recharge",
     "set_spending_limit",
     "debit_gift",
+    "publish_gift",
     "credit_gift",
-    "settle_gift",
+    "refund_gift",
     "request_cashout",
     "finish_cashout",
-    "publish_gift",
+    "admit_chat",
     "post_chat",
+    "open_socket",
     "end_room",
 )
+
+# No flags: Redis treats each script as a write and refuses it whole, at its start, when
+# memory is full (instead of failing at its first write, after earlier ones stayed).
+SHEBANG = "#!lua\n"
 
 
 @dataclass(frozen=True, slots=True)
 class Scripts:
-    """Each script runs by EVALSHA; redis-py reloads it on NOSCRIPT (after a restart)."""
+    """Each script runs by EVALSHA; a NOSCRIPT (Redis restarted, its script cache
+    flushed) reloads every script before anything is retried (`run_pipelined`, or
+    redis-py's own reload for a single call)."""
 
     recharge: AsyncScript
     set_spending_limit: AsyncScript
     debit_gift: AsyncScript
+    publish_gift: AsyncScript
     credit_gift: AsyncScript
-    settle_gift: AsyncScript
+    refund_gift: AsyncScript
     request_cashout: AsyncScript
     finish_cashout: AsyncScript
-    publish_gift: AsyncScript
+    admit_chat: AsyncScript
     post_chat: AsyncScript
+    open_socket: AsyncScript
     end_room: AsyncScript
+
+    def all(self) -> list[AsyncScript]:
+        return [getattr(self, name) for name in SCRIPT_NAMES]
+
+    async def reload(self, client: Client) -> None:
+        """Load every script again (after a NOSCRIPT: the cache was lost, so all were)."""
+        for script in self.all():
+            script.sha = await client.script_load(script.script)
 
 
 def load_scripts(client: Client) -> Scripts:
-    """Every script, with the shared helpers of `_common.lua` in front of it (a script sent
-    by EVALSHA cannot include another)."""
+    """Every script: the shebang line, the shared helpers of `_common.lua`, then the
+    script itself (a script sent by EVALSHA cannot include another)."""
     lua = resources.files("server.store") / "lua"
     shared = (lua / "_common.lua").read_text("utf-8")
     loaded: dict[str, Any] = {
-        name: client.register_script(shared + (lua / f"{name}.lua").read_text("utf-8"))
+        name: client.register_script(SHEBANG + shared + (lua / f"{name}.lua").read_text("utf-8"))
         for name in SCRIPT_NAMES
     }
     return Scripts(**loaded)
@@ -81,40 +100,71 @@ def connect(settings: Settings, url: str | None = None) -> Client:
     return Redis.from_pool(pool)
 
 
-class ScriptCall(NamedTuple):
-    script: AsyncScript
-    keys: Sequence[Any]
+def publish_command(client: Client) -> str:
+    """The command the scripts publish room events with. Classic PUBLISH for now, also on
+    a Redis Cluster (which broadcasts it to every node), until the hub's subscribe
+    connections follow shards (SSUBSCRIBE): then SPUBLISH there."""
+    return "PUBLISH"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One command for `run_pipelined`: a script's EVALSHA (`script` set, with its `keys`
+    and `args`) or a plain command (`args` only)."""
+
     args: Sequence[Any]
+    keys: Sequence[Any] = ()
+    script: AsyncScript | None = None
+
+    def command(self) -> tuple[Any, ...]:
+        if self.script is None:
+            return tuple(self.args)
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
 
 
-async def run_pipelined(client: Client, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Run `calls` in one non-transactional pipeline (one round trip; each call by
-    EVALSHA, atomic on its own as always) and return each one's answer or exception, in
-    order. A call that met NOSCRIPT (Redis restarted without its scripts) did nothing:
-    its script is loaded and that call runs once more. On a Redis Cluster, whose client
-    pipelines no scripts, the calls go concurrently instead, each to its own node."""
+def script_call(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Call:
+    return Call(args, keys, script)
+
+
+def command(*args: Any) -> Call:
+    return Call(args)
+
+
+async def run_pipelined(client: Client, scripts: Scripts, calls: Sequence[Call]) -> list[Any]:
+    """Run `calls` in one non-transactional pipeline (one round trip; each call atomic on
+    its own as always) and return each one's answer or exception, in order. A call that
+    met NOSCRIPT did nothing: every script is loaded again, then those calls run once
+    more, in their order. On a Redis Cluster, whose client pipelines no scripts, the
+    calls go concurrently instead, each to its own node."""
+    if not calls:
+        return []
     if isinstance(client, RedisCluster):
         return list(
             await asyncio.gather(
-                *(call.script(keys=call.keys, args=call.args) for call in calls),
+                *(
+                    call.script(keys=call.keys, args=call.args)
+                    if call.script is not None
+                    else client.execute_command(*call.args)
+                    for call in calls
+                ),
                 return_exceptions=True,
             )
         )
-    async with client.pipeline(transaction=False) as pipe:
-        for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+    results = await _pipeline(client, [call.command() for call in calls])
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
-        for script in {calls[i].script for i in missing}:
-            script.sha = await client.script_load(script.script)
-        async with client.pipeline(transaction=False) as pipe:
-            for i in missing:
-                call = calls[i]
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            again = await pipe.execute(raise_on_error=False)
+        await scripts.reload(client)
+        again = await _pipeline(client, [calls[i].command() for i in missing])
         for i, result in zip(missing, again, strict=True):
             results[i] = result
+    return results
+
+
+async def _pipeline(client: Client, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for args in commands:
+            pipe.execute_command(*args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
     return results
 
 
@@ -126,18 +176,17 @@ class ScriptBatch:
     (Redis unreachable) fails each of its calls with that error. A caller that is
     cancelled does not take its call back: once made, it runs."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, scripts: Scripts) -> None:
         self._client = client
-        self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self._scripts = scripts
+        self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
         self._running: set[asyncio.Task[None]] = set()
 
-    def call(
-        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
-    ) -> asyncio.Future[Any]:
+    def call(self, call: Call) -> asyncio.Future[Any]:
         """Make a call; the future is its answer (or its error)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((ScriptCall(script, keys, args), future))
+        self._pending.append((call, future))
         if len(self._pending) == 1:
             loop.call_soon(self._send)
         return future
@@ -148,9 +197,9 @@ class ScriptBatch:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
+    async def _run(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         try:
-            results = await run_pipelined(self._client, [call for call, _ in batch])
+            results = await run_pipelined(self._client, self._scripts, [c for c, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

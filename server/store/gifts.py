@@ -1,238 +1,274 @@
-"""The gift saga (DESIGN section 3): debit, then credit + publish + settle, then the sweeper.
+"""The gift saga's steps (DESIGN section 3), one Lua script each, and what they record.
 
-1. debit (sender's bucket): atomic, idempotent by (sender, request_id). Acks the sender
-   (`debit`; the WebSocket acks before steps 2-4, as DESIGN section 3 says).
-2. credit (creator's bucket): once per transfer id.
-3. publish (room's tag): once per transfer id.
-4. settle (sender's bucket): removes the pending transfer.
-Steps 2-4 go in one pipelined round trip. If step 2 or 3 fails while step 4 went
-through, the pending transfer is written back, so the sweeper finishes it: a crash or
-an error between steps loses nothing and shows nothing twice.
+1. debit (sender's bucket): atomic, idempotent by (sender, request_id); checks standing,
+   the gift rate limit, the spending cap and the balance; records the `Transfer` in the
+   bucket's pending hash. The sender may be acked on its answer.
+3. publish (room's tag): decides once per transfer id, for good, whether the gift is
+   shown (numbered, kept in the history, published) or refused (the room is no longer
+   live).
+2. credit (creator's bucket), for a shown gift: once per transfer id.
+2'+4. refund (sender's bucket), for a refused gift: the coins back and the pending
+   transfer removed, in one step, once.
+4. settle (sender's bucket): the pending transfer removed, once its credit is done.
 
-The steps of concurrent gifts share round trips (`ScriptBatch`): the debits made in one
-turn of the event loop go to Redis in one pipeline, and so do their credits, publishes
-and settles. Each step is still its own script, atomic and idempotent on its own.
+Every step checks everything before it writes anything, so a step that fails leaves
+nothing behind, and the transfer stays pending until a later attempt finishes it (the
+order of the steps is kept by `server.room_commands`, which runs them). Steps 2-4 take
+many transfers at once, one round trip each, and answer for each transfer on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
-import secrets
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import orjson
 
 from server import economy
-from server.economy import Gift
 from server.settings import Settings
-from server.store.answers import decode_answer
-from server.store.connection import Client, ScriptBatch, Scripts
+from server.store.answers import answer, text
+from server.store.connection import (
+    Call,
+    Client,
+    ScriptBatch,
+    Scripts,
+    command,
+    publish_command,
+    run_pipelined,
+    script_call,
+)
 from server.store.keys import RoomKeys, UserKeys, bucket_pending, bucket_tag
 from server.store.wallets import body_hash, now_ms
-
-log = logging.getLogger(__name__)
 
 # Markers that make steps 2 and 3 happen once outlive any pending transfer by far.
 MARKER_TTL_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
-class GiftOrder:
+class Transfer:
+    """A debited gift on its way through steps 2-4, as kept in the pending hash."""
+
+    transfer_id: str
     sender_id: str
     sender_name: str
     room_id: str
     creator_id: str
-    gift: Gift
+    gift_id: str
     count: int
-    request_id: str
+    coins: int
+    created_ms: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Transfer:
+        d = orjson.loads(raw)
+        if "t" in d:  # recorded before the fields had names
+            return cls(d["t"], d["s"], d["n"], d["r"], d["c"], d["g"], d["k"], d["p"], d["ts"])
+        return cls(**d)
+
+    @property
+    def periods(self) -> tuple[str, str]:
+        """The UTC day and month its coins count towards for the spending cap."""
+        return economy.spending_periods(dt.datetime.fromtimestamp(self.created_ms / 1000, dt.UTC))
 
 
 @dataclass(frozen=True, slots=True)
-class GiftReceipt:
-    """Step 1's answer: the sender's balance after it. `complete` takes it on."""
+class Receipt:
+    """Step 1's answer: the sender's balance after it, and whether it replayed an earlier
+    attempt (then `transfer_id` is that attempt's)."""
 
     transfer_id: str
     coins: int
     replayed: bool
-    sender_id: str = field(default="", compare=False, repr=False)
-    # The transfer this debit recorded (None when it replayed an earlier one).
-    transfer: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-class GiftSaga:
+class Decision(Enum):
+    """What step 3 decided for a transfer, once and for good."""
+
+    SHOWN = "shown"
+    REFUSED = "refused"
+
+
+class GiftSteps:
     def __init__(self, client: Client, scripts: Scripts, settings: Settings):
         self._r = client
         self._scripts = scripts
         self._settings = settings
-        self._batch = ScriptBatch(client)
+        self._batch = ScriptBatch(client, scripts)
+        self.publish_command = publish_command(client)
 
     def _user(self, user_id: str) -> UserKeys:
         return UserKeys.of(user_id, self._settings.wallet_buckets)
 
-    async def send(self, order: GiftOrder) -> GiftReceipt:
-        """The whole saga: `debit`, then `complete`."""
-        receipt = await self.debit(order)
-        await self.complete(receipt)
-        return receipt
+    # --- step 1 ------------------------------------------------------------------------
 
-    async def debit(self, order: GiftOrder) -> GiftReceipt:
-        """Step 1: debit the sender (the sender may be acked on its answer). Idempotent
-        by (sender, request_id): a retry is never charged twice. Raises a `Refusal`
-        (nothing written) when refused."""
-        total = economy.gift_total(order.gift, order.count)
-        k = self._user(order.sender_id)
-        now = now_ms()
-        day, month = economy.spending_periods(dt.datetime.fromtimestamp(now / 1000, dt.UTC))
-        transfer_id = "g" + secrets.token_hex(8)
-        transfer = {
-            "t": transfer_id,
-            "s": order.sender_id,
-            "n": order.sender_name,
-            "r": order.room_id,
-            "c": order.creator_id,
-            "g": order.gift.id,
-            "k": order.count,
-            "p": total,
-            "ts": now,
-        }
-        answer = decode_answer(
-            await self._batch.call(
+    def debit(self, transfer: Transfer, request_id: str) -> asyncio.Future[Any]:
+        """Step 1 for `transfer`, in the next shared round trip (made now: a caller that is
+        cancelled does not take it back). The future's result is the script's raw answer:
+        `receipt` reads it."""
+        s = self._settings
+        k = self._user(transfer.sender_id)
+        day, month = transfer.periods
+        params = (
+            f"{body_hash(transfer.gift_id, transfer.count, transfer.room_id)}"
+            f"|{s.idempotency_ttl_s}|{s.gift_rate_per_s}|{s.gift_burst}"
+        )
+        return self._batch.call(
+            script_call(
                 self._scripts.debit_gift,
-                keys=[
+                keys=(
                     k.profile,
                     k.wallet,
                     k.ledger,
-                    k.idempotency("gift", order.request_id),
+                    k.idempotency("gift", request_id),
                     k.pending,
                     k.spent("d", day),
                     k.spent("m", month),
-                ],
-                args=[
-                    body_hash(order.gift.id, order.count, order.room_id),
-                    transfer_id,
-                    total,
-                    now,
-                    self._settings.idempotency_ttl_s,
-                    orjson.dumps(transfer),
-                ],
+                    k.rate("gift"),
+                ),
+                args=(transfer.to_json(), params),
             )
         )
-        replayed = bool(answer["replayed"])
-        return GiftReceipt(
-            str(answer["transfer_id"]),
-            int(answer["coins"]),
-            replayed,
-            sender_id=order.sender_id,
-            transfer=None if replayed else transfer,
-        )
 
-    async def complete(self, receipt: GiftReceipt) -> None:
-        """Steps 2-4 after `debit`: for a replay, whatever the first attempt (which may
-        have died) left pending. Idempotent; what fails here the sweeper finishes."""
-        transfer = receipt.transfer
-        if transfer is None:
-            raw = await self._r.hget(self._user(receipt.sender_id).pending, receipt.transfer_id)
-            if raw is None:
-                return
-            transfer = orjson.loads(raw)
-        await self.finish(transfer)
+    @staticmethod
+    def receipt(raw: Any) -> Receipt:
+        """Step 1's answer as a `Receipt`; its refusal (nothing written) is raised."""
+        replayed, transfer_id, coins = answer(raw)
+        return Receipt(text(transfer_id), int(coins), bool(replayed))
 
-    async def finish(self, transfer: dict[str, Any]) -> None:
-        """Steps 2-4 for one pending transfer, in one pipelined round trip. Idempotent."""
-        creator = self._user(transfer["c"])
-        sender = self._user(transfer["s"])
-        room = RoomKeys(transfer["r"])
+    # --- steps 2-4, for many transfers at once -------------------------------------------
+
+    async def _run(self, calls: Sequence[Call]) -> list[Any]:
+        try:
+            return await run_pipelined(self._r, self._scripts, calls)
+        except Exception as exc:  # noqa: BLE001 - the round trip failed for every call
+            return [exc] * len(calls)
+
+    async def publish(self, transfers: Sequence[Transfer]) -> list[Decision | Exception]:
+        """Step 3 for each transfer: shown or refused, decided once for good (an attempt
+        that finds it decided gets the same answer); an exception where it could not be
+        done now (nothing written)."""
+        s = self._settings
+        params = f"{s.combo_gap_ms}|{s.history_events}|{MARKER_TTL_S}|{self.publish_command}"
+        calls = []
+        for t in transfers:
+            room = RoomKeys(t.room_id)
+            event = orjson.dumps(
+                {
+                    "ts": now_ms(),
+                    "kind": "gift",
+                    "from": {"user_id": t.sender_id, "name": t.sender_name},
+                    "gift_id": t.gift_id,
+                    "count": t.count,
+                    "coins": t.coins,
+                }
+            )
+            calls.append(
+                script_call(
+                    self._scripts.publish_gift,
+                    keys=(
+                        room.room,
+                        room.events,
+                        room.top,
+                        room.names,
+                        room.combo,
+                        room.done(t.transfer_id),
+                    ),
+                    args=(t.transfer_id, event, params, room.channel),
+                )
+            )
+        return [_decision(raw) for raw in await self._run(calls)]
+
+    async def credit_or_refund(
+        self, shown: Sequence[Transfer], refused: Sequence[Transfer]
+    ) -> tuple[list[bool | Exception], list[bool | Exception]]:
+        """Step 2 for each shown transfer (diamonds to the creator) and steps 2'+4 for
+        each refused one (coins back to the sender, pending entry removed), in one round
+        trip. Each is once per transfer id. For each: True where done now, False where
+        done before, an exception where it could not be done now (nothing written)."""
         now = now_ms()
-        diamonds = economy.diamonds_for(int(transfer["p"]), self._settings.diamonds_per_coin)
-        event = orjson.dumps(
-            {
-                "ts": now,
-                "kind": "gift",
-                "from": {"user_id": transfer["s"], "name": transfer["n"]},
-                "gift_id": transfer["g"],
-                "count": transfer["k"],
-                "coins": transfer["p"],
-            }
-        )
-        batch = self._batch
-        steps = [
-            batch.call(
-                self._scripts.credit_gift,
-                keys=[creator.wallet, creator.ledger, creator.credited(transfer["t"])],
-                args=[transfer["t"], diamonds, now, MARKER_TTL_S],
-            ),
-            batch.call(
-                self._scripts.publish_gift,
-                keys=[
-                    room.room,
-                    room.events,
-                    room.top,
-                    room.names,
-                    room.combo,
-                    room.done(transfer["t"]),
-                ],
-                args=[
-                    transfer["t"],
-                    transfer["s"],
-                    transfer["n"],
-                    transfer["g"],
-                    transfer["k"],
-                    transfer["p"],
-                    now,
-                    self._settings.combo_gap_ms,
-                    self._settings.history_events,
-                    MARKER_TTL_S,
-                    event,
-                    room.channel,
-                ],
-            ),
-            batch.call(self._scripts.settle_gift, keys=[sender.pending], args=[transfer["t"]]),
-        ]
-        results = await asyncio.gather(*steps, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result  # cancelled: the sweeper finishes what this did not
-        failed = [r for r in results[:2] if isinstance(r, Exception)]
-        if failed:
-            if not isinstance(results[2], Exception):
-                await self._r.hset(sender.pending, transfer["t"], orjson.dumps(transfer))
-            raise failed[0]
-        if isinstance(results[2], Exception):
-            raise results[2]
+        calls = []
+        for t in shown:
+            creator = self._user(t.creator_id)
+            diamonds = economy.diamonds_for(t.coins, self._settings.diamonds_per_coin)
+            calls.append(
+                script_call(
+                    self._scripts.credit_gift,
+                    keys=(creator.wallet, creator.ledger, creator.credited(t.transfer_id)),
+                    args=(
+                        f"{t.transfer_id}|{diamonds}|{now}|{MARKER_TTL_S}|{t.sender_id}"
+                        f"|{t.room_id}",
+                    ),
+                )
+            )
+        for t in refused:
+            sender = self._user(t.sender_id)
+            day, month = t.periods
+            calls.append(
+                script_call(
+                    self._scripts.refund_gift,
+                    keys=(
+                        sender.wallet,
+                        sender.ledger,
+                        sender.pending,
+                        sender.spent("d", day),
+                        sender.spent("m", month),
+                    ),
+                    args=(f"{t.transfer_id}|{now}",),
+                )
+            )
+        results = [_done(raw) for raw in await self._run(calls)]
+        return results[: len(shown)], results[len(shown) :]
 
-    async def sweep(self, *, min_age_ms: int | None = None) -> int:
-        """Finish every pending transfer older than `min_age_ms` in every bucket. Safe to
-        run in every process at once. Returns how many it finished."""
-        min_age = self._settings.sweep_min_age_ms if min_age_ms is None else min_age_ms
-        keys = [bucket_pending(bucket_tag(b)) for b in range(self._settings.wallet_buckets)]
-        if not await self._r.exists(*keys):
-            return 0  # the usual case when idle: one command, not one per bucket
-        async with self._r.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hgetall(key)
-            pendings = await pipe.execute()
-        cutoff = now_ms() - min_age
-        finished = 0
-        for pending in pendings:
-            for raw in pending.values():
-                transfer = orjson.loads(raw)
-                if int(transfer["ts"]) <= cutoff:
-                    await self.finish(transfer)
-                    finished += 1
-        return finished
+    async def settle(self, transfers: Sequence[Transfer]) -> list[Exception | None]:
+        """Step 4 for each transfer whose credit is done: its pending entry removed (an
+        absent one is fine). None where done, an exception where not."""
+        calls = [command("HDEL", self._user(t.sender_id).pending, t.transfer_id) for t in transfers]
+        return [raw if isinstance(raw, Exception) else None for raw in await self._run(calls)]
 
-    async def run_sweeper(self, *, interval_s: float | None = None) -> None:
-        """Sweep at once and then every `interval_s` until cancelled; errors (Redis down)
-        are logged and the next round tries again."""
-        interval = self._settings.sweep_interval_s if interval_s is None else interval_s
-        while True:
-            try:
-                n = await self.sweep()
-                if n:
-                    log.info("sweeper finished %d pending gift transfers", n)
-            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive Redis outages
-                log.warning("sweeper round failed: %s", exc)
-            await asyncio.sleep(interval)
+    # --- what is pending ----------------------------------------------------------------
+
+    async def pending(self) -> list[tuple[Transfer, int]]:
+        """Every pending transfer in every bucket, with its age in ms."""
+        return await pending_transfers(self._r, self._settings)
+
+
+async def pending_transfers(client: Client, settings: Settings) -> list[tuple[Transfer, int]]:
+    """Every pending transfer in every bucket, with its age in ms. Bucket by bucket would be
+    a thousand round trips: one EXISTS first (the usual, idle answer), then one pipeline."""
+    keys = [bucket_pending(bucket_tag(b)) for b in range(settings.wallet_buckets)]
+    if not await client.exists(*keys):
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        pendings = await pipe.execute()
+    now = now_ms()
+    found = []
+    for pending in pendings:
+        for raw in pending.values():
+            transfer = Transfer.from_json(raw)
+            found.append((transfer, now - transfer.created_ms))
+    return found
+
+
+def _decision(raw: Any) -> Decision | Exception:
+    try:
+        _, decided, _ = answer(raw)
+    except Exception as exc:  # noqa: BLE001 - the caller reports it, transfer by transfer
+        return exc
+    return Decision(text(decided))
+
+
+def _done(raw: Any) -> bool | Exception:
+    try:
+        before = answer(raw)[0]
+    except Exception as exc:  # noqa: BLE001 - the caller reports it, transfer by transfer
+        return exc
+    return not before

@@ -39,7 +39,7 @@ class UserKeys:
         return f"{PREFIX}:{self.tag}:spent:{self.user_id}:{period}:{value}"
 
     def cashout(self, cashout_id: str) -> str:
-        return f"{PREFIX}:{self.tag}:cashout:{cashout_id}"
+        return bucket_cashout(self.tag, cashout_id)
 
     def cashout_day(self, day: str) -> str:
         return f"{PREFIX}:{self.tag}:cashout_day:{self.user_id}:{day}"
@@ -55,6 +55,21 @@ class UserKeys:
     def credited(self, transfer_id: str) -> str:
         return f"{PREFIX}:{self.tag}:credited:{transfer_id}"
 
+    def rate(self, action: str) -> str:
+        """The user's token bucket for `action` (gift, chat), shared by every connection."""
+        return f"{PREFIX}:{self.tag}:rate:{self.user_id}:{action}"
+
+    @property
+    def sockets(self) -> str:
+        """The user's open sockets over every process: a sorted set, member -> expiry."""
+        return f"{PREFIX}:{self.tag}:sockets:{self.user_id}"
+
+    @classmethod
+    def from_wallet_key(cls, key: str) -> UserKeys:
+        """The keys of the user whose wallet hash is `key` (as the audit's scan finds it)."""
+        head, _, user_id = key.rpartition(":wallet:")
+        return cls(user_id, head.removeprefix(f"{PREFIX}:"))
+
 
 def bucket_tag(bucket: int) -> str:
     return "{w" + str(bucket) + "}"
@@ -66,6 +81,22 @@ def bucket_pending(tag: str) -> str:
 
 def bucket_cashouts_due(tag: str) -> str:
     return f"{PREFIX}:{tag}:cashouts_due"
+
+
+def bucket_cashout(tag: str, cashout_id: str) -> str:
+    return f"{PREFIX}:{tag}:cashout:{cashout_id}"
+
+
+# Patterns for whole-store scans (the audit): every wallet, pending hash, due set, room.
+ALL_WALLETS = f"{PREFIX}:{{w*}}:wallet:*"
+ALL_PENDING = f"{PREFIX}:{{w*}}:pending"
+ALL_CASHOUTS_DUE = f"{PREFIX}:{{w*}}:cashouts_due"
+ALL_ROOMS = f"{PREFIX}:{{r*}}:room"
+
+
+def room_id_of(room_key: str) -> str:
+    """The room id in a room hash's key (`gs:{r<id>}:room`)."""
+    return room_key.removeprefix(f"{PREFIX}:{{r").removesuffix("}:room")
 
 
 @dataclass(frozen=True, slots=True)

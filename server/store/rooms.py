@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from server.errors import Forbidden, NotFound, RoomNotLive
+from server.errors import NotFound
 from server.settings import Settings
-from server.store.answers import fields
-from server.store.connection import Client, Scripts
-from server.store.keys import LIVE_ROOMS, RoomKeys
+from server.store.answers import answer, fields
+from server.store.connection import Client, Scripts, publish_command
+from server.store.keys import LIVE_ROOMS, RoomKeys, UserKeys
 from server.store.wallets import now_ms
 
 _ROOM_ID = re.compile(r"^[a-z0-9]{1,32}$")
@@ -29,6 +29,7 @@ class RoomStore:
         self._r = client
         self._scripts = scripts
         self._settings = settings
+        self._publish = publish_command(client)
 
     async def create(self, *, creator_id: str, creator_name: str, title: str) -> str:
         """A creator goes live: a new room, listed among the live ones."""
@@ -62,24 +63,41 @@ class RoomStore:
         return raw
 
     async def end(self, room_id: str, *, user_id: str) -> int:
-        """End the live. Atomic; idempotent. Only the creator may end it (`Forbidden`)."""
+        """End the live. Atomic; idempotent (0 when it had ended before, else the
+        room_ended event's seq). Only the creator may end it (`Forbidden`); `NotFound`
+        for no such room. A gift not shown by then is refunded (DESIGN section 3)."""
         if not valid_room_id(room_id):
             raise NotFound("no such room")
         k = RoomKeys(room_id)
         now = now_ms()
         event = orjson.dumps({"ts": now, "kind": "room_ended"})
-        seq = int(
+        _, seq = answer(
             await self._scripts.end_room(
                 keys=[k.room, k.events],
-                args=[user_id, now, self._settings.history_events, event, k.channel],
+                args=[
+                    user_id,
+                    event,
+                    f"{now}|{self._settings.history_events}|{self._publish}",
+                    k.channel,
+                ],
             )
         )
-        if seq == -1:
-            raise NotFound("no such room")
-        if seq == -2:
-            raise Forbidden("only the room's creator can end its live")
         await self._r.zrem(LIVE_ROOMS, room_id)
-        return seq
+        return int(seq)
+
+    async def admit_chat(self, user_id: str) -> None:
+        """May `user_id` post a chat line now? Atomic, in the user's bucket: refused
+        (`Suspended`, `Unauthorized`) for an account not in good standing, and
+        (`RateLimited`) over the per-user chat rate, shared by all its connections; takes
+        one token when it admits."""
+        s = self._settings
+        k = UserKeys.of(user_id, s.wallet_buckets)
+        answer(
+            await self._scripts.admit_chat(
+                keys=[k.profile, k.rate("chat")],
+                args=[f"{s.chat_rate_per_s}|{s.chat_burst}"],
+            )
+        )
 
     async def post_chat(
         self, room_id: str, *, user_id: str, name: str, request_id: str, text: str
@@ -95,15 +113,14 @@ class RoomStore:
                 "text": text,
             }
         )
-        seq = int(
+        s = self._settings
+        _, seq = answer(
             await self._scripts.post_chat(
                 keys=[k.room, k.events, k.done(f"chat:{user_id}:{request_id}")],
-                args=[self._settings.history_events, CHAT_MARKER_TTL_S, event, k.channel],
+                args=[event, f"{s.history_events}|{CHAT_MARKER_TTL_S}|{self._publish}", k.channel],
             )
         )
-        if seq == -1:
-            raise RoomNotLive("this live has ended")
-        return seq
+        return int(seq)
 
     async def top(self, room_id: str, n: int = TOP_GIFTERS) -> list[dict[str, Any]]:
         """Top gifters, highest first: [{user_id, name, coins}]."""

@@ -20,9 +20,9 @@ from server import economy
 from server.economy import Catalog, CoinPackage, PaymentOutcome
 from server.errors import BadRequest, NotFound, Unauthorized
 from server.settings import Settings
-from server.store.answers import decode_answer, fields
+from server.store.answers import answer, fields, text
 from server.store.connection import Client, Scripts
-from server.store.keys import UserKeys, bucket_cashouts_due, bucket_tag
+from server.store.keys import UserKeys, bucket_cashout, bucket_cashouts_due, bucket_tag
 
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -170,25 +170,30 @@ class WalletStore:
         """Buy `package`. Atomic; idempotent by (user, idempotency_key): the same key and
         body replays the first answer, another body raises `IdempotencyConflict`."""
         k = self.keys(user_id)
-        answer = await self._scripts.recharge(
-            keys=[k.profile, k.wallet, k.ledger, k.idempotency("recharge", idempotency_key)],
-            args=[
-                body_hash(package.id, card_number),
-                outcome.value,
-                package.coins,
-                package.price_cents,
-                package.id,
-                "rc" + secrets.token_hex(8),
-                now_ms(),
-                self._settings.idempotency_ttl_s,
-            ],
+        recharge_id = "rc" + secrets.token_hex(8)
+        replayed, recharge_id, coins, added, cents, package_id = answer(
+            await self._scripts.recharge(
+                keys=[k.profile, k.wallet, k.ledger, k.idempotency("recharge", idempotency_key)],
+                args=[
+                    f"{body_hash(package.id, card_number)}|{outcome.value}|{package.coins}"
+                    f"|{package.price_cents}|{package.id}|{recharge_id}|{now_ms()}"
+                    f"|{self._settings.idempotency_ttl_s}"
+                ],
+            )
         )
-        return decode_answer(answer)
+        return {
+            "recharge_id": text(recharge_id),
+            "coins": int(coins),
+            "added": int(added),
+            "price_cents": int(cents),
+            "package_id": text(package_id),
+            "replayed": bool(replayed),
+        }
 
     async def set_spending_limit(self, user_id: str, period: str, coins: int | None) -> None:
         """Set (or with None remove) the cap. Atomic; setting it twice is the same as once."""
         k = self.keys(user_id)
-        decode_answer(
+        answer(
             await self._scripts.set_spending_limit(
                 keys=[k.profile, k.wallet], args=[period, "" if coins is None else coins]
             )
@@ -197,35 +202,40 @@ class WalletStore:
     async def request_cashout(
         self, user_id: str, *, diamonds: int, idempotency_key: str
     ) -> dict[str, Any]:
-        """Lock `diamonds` for a payout. Atomic; idempotent by (user, idempotency_key)."""
+        """Lock `diamonds` for a payout. Atomic; idempotent by (user, idempotency_key).
+        The rules that depend on stored state (standing, identity verified, payout method,
+        daily limit, balance) are checked by the script, and only there."""
         k = self.keys(user_id)
+        s = self._settings
         cashout_id = "co" + secrets.token_hex(8)
         now = now_ms()
         # The day the cash-out counts towards, from the same instant as its timestamps.
         day, _ = economy.spending_periods(dt.datetime.fromtimestamp(now / 1000, dt.UTC))
-        answer = await self._scripts.request_cashout(
-            keys=[
-                k.profile,
-                k.wallet,
-                k.ledger,
-                k.idempotency("cashout", idempotency_key),
-                k.cashout(cashout_id),
-                k.cashouts_due,
-                k.cashout_day(day),
-            ],
-            args=[
-                body_hash(diamonds),
-                cashout_id,
-                diamonds,
-                economy.usd_cents_for(diamonds),
-                self._settings.cashout_daily_limit_diamonds,
-                now,
-                now + self._settings.payout_delay_ms,
-                self._settings.idempotency_ttl_s,
-                day,
-            ],
+        replayed, cashout_id, amount, cents = answer(
+            await self._scripts.request_cashout(
+                keys=[
+                    k.profile,
+                    k.wallet,
+                    k.ledger,
+                    k.idempotency("cashout", idempotency_key),
+                    k.cashout(cashout_id),
+                    k.cashouts_due,
+                    k.cashout_day(day),
+                ],
+                args=[
+                    f"{body_hash(diamonds)}|{cashout_id}|{diamonds}|{economy.usd_cents_for(diamonds)}"
+                    f"|{s.cashout_daily_limit_diamonds}|{now}|{now + s.payout_delay_ms}"
+                    f"|{s.idempotency_ttl_s}|{day}|{user_id}"
+                ],
+            )
         )
-        return decode_answer(answer)
+        return {
+            "cashout_id": text(cashout_id),
+            "status": "pending",
+            "diamonds": int(amount),
+            "usd_cents": int(cents),
+            "replayed": bool(replayed),
+        }
 
     async def cashout(self, user_id: str, cashout_id: str) -> dict[str, Any]:
         if not re.fullmatch(r"co[0-9a-f]{16}", cashout_id):
@@ -264,7 +274,7 @@ class WalletStore:
         return finished
 
     async def _finish_cashout(self, tag: str, cashout_id: str, now: int) -> bool:
-        key = f"gs:{tag}:cashout:{cashout_id}"
+        key = bucket_cashout(tag, cashout_id)
         raw = fields(await self._r.hgetall(key))
         if not raw:
             await self._r.zrem(bucket_cashouts_due(tag), cashout_id)
@@ -272,9 +282,11 @@ class WalletStore:
         k = self.keys(raw["user_id"])
         method = orjson.loads(raw["payout"]) if raw.get("payout") else {}
         outcome = "settled" if economy.payout_succeeds(method) else "failed"
-        await self._scripts.finish_cashout(
-            keys=[k.wallet, k.ledger, key, k.cashouts_due, k.cashout_day(raw.get("day", ""))],
-            args=[cashout_id, outcome, now],
+        answer(
+            await self._scripts.finish_cashout(
+                keys=[k.wallet, k.ledger, key, k.cashouts_due, k.cashout_day(raw.get("day", ""))],
+                args=[f"{cashout_id}|{outcome}|{now}"],
+            )
         )
         return True
 

@@ -1,49 +1,82 @@
--- publish_gift: step 3 of the gift saga, in the room's tag: the gift becomes a room event.
--- Atomic; once per transfer id (a marker with expiry). Numbers the event, computes the
--- sender's combo, appends it to the capped history, adds to top gifters and totals, and
--- publishes it on the room's channel.
+-- publish_gift: step 3 of the gift saga, in the room's tag: the gift is shown, or, if the
+-- room is no longer live, refused for good (the sender is then refunded: refund_gift).
+-- Atomic; decided once per transfer id: the marker keeps the decision ('shown' or
+-- 'refused'), so every later attempt, from any process, gives the same answer and shows
+-- nothing twice. Shown: the event is numbered, the sender's combo computed, the event
+-- appended to the capped history (with its transfer id, for the audit), top gifters and
+-- totals updated, and the event published on the room's channel. All checks before any
+-- write.
 --
 -- KEYS[1] room hash        gs:{r<id>}:room
--- KEYS[2] history stream   gs:{r<id>}:events   (entry id = <seq>-0)
+-- KEYS[2] history stream   gs:{r<id>}:events   (entry id = <seq>-0; fields e, t)
 -- KEYS[3] top gifters      gs:{r<id>}:top      (zset user_id -> coins)
 -- KEYS[4] names            gs:{r<id>}:names    (hash user_id -> name)
 -- KEYS[5] combos           gs:{r<id>}:combo    (hash user_id -> gift_id|combo|last_ms)
 -- KEYS[6] marker           gs:{r<id>}:done:<transfer_id>
 -- ARGV[1] transfer id
--- ARGV[2] sender user id
--- ARGV[3] sender name
--- ARGV[4] gift id
--- ARGV[5] count
--- ARGV[6] total coins
--- ARGV[7] now, epoch ms
--- ARGV[8] combo gap, ms
--- ARGV[9] history length
--- ARGV[10] marker TTL, seconds
--- ARGV[11] the event as JSON without "seq" and "combo" (a JSON object, "{...}")
--- ARGV[12] channel name
--- Returns the event's seq, or 0 if it had been published before.
+-- ARGV[2] the event as JSON without "seq" and "combo" ({"ts":…,"kind":"gift","from":
+--         {"user_id":…,"name":…},"gift_id":…,"count":…,"coins":…})
+-- ARGV[3] "<combo gap ms>|<history length>|<marker TTL s>|<PUBLISH or SPUBLISH>"
+-- ARGV[4] channel name
+-- Returns ok(before, 'shown', seq) or ok(before, 'refused', 0); before is 1 when the
+-- decision had been taken by an earlier attempt (seq is then 0).
 
-if redis.call('SET', KEYS[6], '1', 'NX', 'EX', tonumber(ARGV[10])) == false then
-  return 0
+local decided = redis.call('GET', KEYS[6])
+if decided == 'shown' or decided == '1' then
+  return ok(1, 'shown', 0)
 end
-local now = tonumber(ARGV[7])
-local count = tonumber(ARGV[5])
+if decided == 'refused' then
+  return ok(1, 'refused', 0)
+end
+local gap, history, ttl, publish = string.match(ARGV[3], '^(%d+)|(%d+)|(%d+)|(%u+)$')
+if publish ~= 'PUBLISH' and publish ~= 'SPUBLISH' then
+  return fault('unknown publish command ' .. tostring(publish))
+end
+
+local faulty = check({KEYS[1], 'hash', KEYS[6], 'string'},
+  {{'SET', KEYS[6], 'refused', 'EX', ttl}})
+if faulty then
+  return faulty
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'live' then
+  redis.call('SET', KEYS[6], 'refused', 'EX', ttl)
+  return ok(0, 'refused', 0)
+end
+
+local event = cjson.decode(ARGV[2])
+local sender, gift, count, coins = event.from.user_id, event.gift_id, event.count, event.coins
+local now = event.ts
+local faulty_too = check(
+  {KEYS[2], 'stream', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'},
+  {{'HSET', KEYS[5], sender, ''}, {'HINCRBY', KEYS[1], 'seq', '1'},
+   {'ZINCRBY', KEYS[3], '1', sender}, {'HSET', KEYS[4], sender, ''},
+   {'XADD', KEYS[2], 'MAXLEN', history, '1-0', 'e', '', 't', ''},
+   {publish, ARGV[4], ''}})
+if faulty_too then
+  return faulty_too
+end
+local r = redis.call('HMGET', KEYS[1], 'seq', 'gift_coins', 'gift_count')
+if integer(r[1]) == nil or integer(r[2]) == nil or integer(r[3]) == nil then
+  return fault(KEYS[1] .. ' holds a counter that is not a whole number')
+end
+
 local combo = count
-local last = redis.call('HGET', KEYS[5], ARGV[2])
+local last = redis.call('HGET', KEYS[5], sender)
 if last then
-  local gift, n, ts = string.match(last, '^(.-)|(%d+)|(%d+)$')
-  if gift == ARGV[4] and now - tonumber(ts) < tonumber(ARGV[8]) then
+  local last_gift, n, ts = string.match(last, '^(.-)|(%d+)|(%d+)$')
+  if last_gift == gift and now - tonumber(ts) < tonumber(gap) then
     combo = tonumber(n) + count
   end
 end
-redis.call('HSET', KEYS[5], ARGV[2], ARGV[4] .. '|' .. combo .. '|' .. ARGV[7])
+redis.call('HSET', KEYS[5], sender, gift .. '|' .. decimal(combo) .. '|' .. decimal(now))
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HINCRBY', KEYS[1], 'gift_coins', tonumber(ARGV[6]))
+redis.call('HINCRBY', KEYS[1], 'gift_coins', coins)
 redis.call('HINCRBY', KEYS[1], 'gift_count', count)
-redis.call('ZINCRBY', KEYS[3], tonumber(ARGV[6]), ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-local body = ARGV[11]
-local event = '{"seq":' .. seq .. ',"combo":' .. combo .. ',' .. string.sub(body, 2)
-redis.call('XADD', KEYS[2], 'MAXLEN', tonumber(ARGV[9]), seq .. '-0', 'e', event)
-redis.call('PUBLISH', ARGV[12], event)
-return seq
+redis.call('ZINCRBY', KEYS[3], coins, sender)
+redis.call('HSET', KEYS[4], sender, event.from.name)
+local shown = '{"seq":' .. seq .. ',"combo":' .. decimal(combo) .. ',' .. string.sub(ARGV[2], 2)
+redis.call('XADD', KEYS[2], 'MAXLEN', tonumber(history), seq .. '-0', 'e', shown, 't', ARGV[1])
+redis.call('SET', KEYS[6], 'shown', 'EX', ttl)
+redis.call(publish, ARGV[4], shown)
+return ok(0, 'shown', seq)

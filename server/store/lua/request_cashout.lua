@@ -1,6 +1,8 @@
 -- request_cashout: phase 1 of a cash-out: diamonds move from the balance to `locked`.
--- Atomic; idempotent by (user, idempotency key). All checks come before any write.
--- replay and remember: _common.lua, loaded in front of this script.
+-- Atomic; idempotent by (user, idempotency key). The rules that depend on stored state
+-- are checked here and only here (standing, identity verified, payout method linked,
+-- the daily limit, the balance); the pure ones (age, minimum) by server.economy before.
+-- All checks before any write; a refusal or a fault writes nothing.
 --
 -- KEYS[1] profile hash      gs:{w<b>}:user:<uid>
 -- KEYS[2] wallet hash       gs:{w<b>}:wallet:<uid>
@@ -9,64 +11,69 @@
 -- KEYS[5] cash-out hash     gs:{w<b>}:cashout:<cashout_id>
 -- KEYS[6] due set           gs:{w<b>}:cashouts_due  (score: when the payout settles)
 -- KEYS[7] cashed out today  gs:{w<b>}:cashout_day:<uid>:<YYYYMMDD>
--- ARGV[1] body hash
--- ARGV[2] cash-out id (new; used only the first time)
--- ARGV[3] diamonds
--- ARGV[4] usd cents
--- ARGV[5] daily limit, diamonds
--- ARGV[6] now, epoch ms
--- ARGV[7] due, epoch ms
--- ARGV[8] idempotency record TTL, seconds
--- ARGV[9] today, YYYYMMDD (UTC)
--- Returns {"cashout_id", "status", "diamonds", "usd_cents", "replayed"} or {"error", "message"}.
+-- ARGV[1] "<body hash>|<cash-out id>|<diamonds>|<usd cents>|<daily limit>|<now ms>|
+--         <due ms>|<idempotency TTL s>|<today YYYYMMDD>|<user id>" (one line)
+-- Returns ok(replayed, cashout_id, diamonds, usd_cents) or a refusal:
+-- idempotency_conflict, unauthorized, suspended, not_verified, no_payout_method,
+-- over_daily_limit, insufficient_diamonds.
 
-local replayed = replay(KEYS[4], ARGV[1], 'idempotency_conflict',
-  'this idempotency_key was used with another request')
+local body_hash, id, amount, cents, limit, now, due, ttl, day, user = string.match(ARGV[1],
+  '^(%w+)|(%w+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|([^|]+)$')
+if not body_hash then
+  return fault('request_cashout: malformed argument')
+end
+local replayed = replay(KEYS[4], body_hash, 'this idempotency_key was used with another request')
 if replayed then
   return replayed
 end
-
-local p = redis.call('HMGET', KEYS[1], 'status', 'verified', 'payout')
-if not p[1] then
-  return cjson.encode({error = 'unauthorized', message = 'no such user'})
+local refused = standing(KEYS[1])
+if refused then
+  return refused
 end
-if p[1] ~= 'active' then
-  return cjson.encode({error = 'suspended', message = 'this account is suspended'})
+local p = redis.call('HMGET', KEYS[1], 'verified', 'payout')
+if p[1] ~= '1' then
+  return refuse('not_verified', 'verify your identity before cashing out')
 end
-if p[2] ~= '1' then
-  return cjson.encode({error = 'not_verified', message = 'verify your identity before cashing out'})
-end
-if not p[3] then
-  return cjson.encode({error = 'no_payout_method',
-    message = 'link a bank account or PayPal before cashing out'})
+if not p[2] then
+  return refuse('no_payout_method', 'link a bank account or PayPal before cashing out')
 end
 
-local amount = tonumber(ARGV[3])
-local limit = tonumber(ARGV[5])
-local today = tonumber(redis.call('GET', KEYS[7]) or '0')
+amount = tonumber(amount)
+limit = tonumber(limit)
+local today = integer(redis.call('GET', KEYS[7]))
+local w = redis.call('HMGET', KEYS[2], 'diamonds', 'locked')
+local diamonds = integer(w[1])
+if today == nil or diamonds == nil or integer(w[2]) == nil then
+  return fault(KEYS[2] .. ' or ' .. KEYS[7] .. ' holds a value that is not a whole number')
+end
 if today + amount > limit then
-  return cjson.encode({error = 'over_daily_limit',
-    message = 'cash-outs are limited to ' .. limit .. ' diamonds a day (' .. today ..
-      ' already requested today)'})
+  return refuse('over_daily_limit',
+    'cash-outs are limited to ' .. decimal(limit) .. ' diamonds a day (' .. decimal(today) ..
+      ' already requested today)')
 end
-local diamonds = tonumber(redis.call('HGET', KEYS[2], 'diamonds') or '0')
 if diamonds < amount then
-  return cjson.encode({error = 'insufficient_diamonds',
-    message = 'you have ' .. diamonds .. ' diamonds'})
+  return refuse('insufficient_diamonds', 'you have ' .. decimal(diamonds) .. ' diamonds')
+end
+local faulty = check(
+  {KEYS[2], 'hash', KEYS[3], 'stream', KEYS[4], 'hash', KEYS[5], 'hash', KEYS[6], 'zset',
+   KEYS[7], 'string'},
+  {{'HINCRBY', KEYS[2], 'diamonds', '1'}, {'INCRBY', KEYS[7], '1'}, {'EXPIRE', KEYS[7], '1'},
+   {'HSET', KEYS[5], 'status', ''}, {'ZADD', KEYS[6], '0', id},
+   {'XADD', KEYS[3], '*', 'k', 'v'}, {'HSET', KEYS[4], 'h', '', 'a', ''},
+   {'EXPIRE', KEYS[4], '1'}})
+if faulty then
+  return faulty
 end
 
 local balance = redis.call('HINCRBY', KEYS[2], 'diamonds', -amount)
 local locked = redis.call('HINCRBY', KEYS[2], 'locked', amount)
 redis.call('INCRBY', KEYS[7], amount)
 redis.call('EXPIRE', KEYS[7], 2 * 86400)
-redis.call('HSET', KEYS[5], 'user_id', string.match(KEYS[2], 'wallet:(.+)$'),
-  'diamonds', amount, 'usd_cents', ARGV[4], 'status', 'pending', 'created_ms', ARGV[6],
-  'payout', p[3], 'day', ARGV[9])
-redis.call('ZADD', KEYS[6], tonumber(ARGV[7]), ARGV[2])
+redis.call('HSET', KEYS[5], 'user_id', user, 'diamonds', amount, 'usd_cents', cents,
+  'status', 'pending', 'created_ms', now, 'payout', p[2], 'day', day)
+redis.call('ZADD', KEYS[6], tonumber(due), id)
 redis.call('XADD', KEYS[3], '*', 'kind', 'cashout_requested', 'coins', 0, 'diamonds', -amount,
-  'locked', amount, 'diamonds_after', balance, 'locked_after', locked, 'ref', ARGV[2],
-  'ts', ARGV[6])
-local answer = cjson.encode({cashout_id = ARGV[2], status = 'pending', diamonds = amount,
-  usd_cents = tonumber(ARGV[4]), replayed = false})
-remember(KEYS[4], ARGV[1], answer, ARGV[8])
+  'locked', amount, 'diamonds_after', balance, 'locked_after', locked, 'ref', id, 'ts', now)
+local answer = ok(0, id, decimal(amount), cents)
+remember(KEYS[4], body_hash, answer, ttl)
 return answer

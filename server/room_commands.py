@@ -1,0 +1,398 @@
+"""The commands a viewer sends in a live room, gift and chat: the one path they take,
+as the WebSocket endpoint (`server.ws`) and the tests run them. No sockets here.
+
+A gift, top to bottom (DESIGN section 3):
+1. who may send: a signed-in user, not the room's creator, in a room this process still
+   sees live (`RoomCommands.gift`);
+2. step 1, debit, in Redis: standing, the per-user rate limit, the spending cap and the
+   balance are checked and the coins debited in one atomic step; its answer is the ack;
+3. the debited transfer is handed to the `GiftFinisher`, which the process owns (not the
+   socket, so a socket that goes away takes nothing with it). It runs, in order: step 3,
+   publish (shown, or refused because the room ended); then step 2, the creator's credit
+   (shown) or step 2'+4, the sender's refund (refused); then step 4, settle (credited);
+4. whatever is left pending (a crash, a half-failed Redis) the `GiftSweeper` finishes,
+   transfer by transfer, with backoff for one that keeps failing.
+Every step is one Lua script that checks everything before it writes anything, and a
+transfer leaves the pending hash only once its credit and its publish (or its refund)
+are known to be done: nothing is lost, nothing shown twice.
+
+Refusals are raised as `Refusal`s (their codes are the client's); a store that cannot
+answer becomes `Unavailable`. Metrics are counted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from server import economy, metrics
+from server.errors import Refusal, RoomNotLive, Unauthorized, Unavailable
+from server.protocol import ChatFrame, GiftFrame
+from server.settings import Settings
+from server.store.gifts import Decision, GiftSteps, Transfer
+from server.store.rooms import RoomStore
+from server.store.wallets import Profile, now_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRoom:
+    """The room a socket is in, as its admission found it."""
+
+    room_id: str
+    creator_id: str
+
+
+def _store_error(exc: BaseException) -> bool:
+    # The socket layer's TimeoutError and ConnectionError are OSErrors.
+    return isinstance(exc, RedisError | OSError)
+
+
+class RoomCommands:
+    def __init__(
+        self,
+        *,
+        steps: GiftSteps,
+        rooms: RoomStore,
+        settings: Settings,
+        is_live: Callable[[str], bool] = lambda room_id: True,
+    ) -> None:
+        self._steps = steps
+        self._rooms = rooms
+        self._settings = settings
+        self._is_live = is_live
+        self.finisher = GiftFinisher(steps, settings)
+        self.sweeper = GiftSweeper(steps, self.finisher, settings)
+
+    # --- gift --------------------------------------------------------------------------
+
+    async def gift(self, sender: Profile | None, room: LiveRoom, frame: GiftFrame) -> int:
+        """Send `frame`'s gift in `room`; returns the sender's coins after it (the ack).
+        Idempotent by (sender, request_id): a retry, on any connection, is never charged
+        twice (it gets the first answer). Once debited, the gift is shown exactly once and
+        credited, or refunded if the room ended first, whatever happens to the caller.
+        Raises a `Refusal` (nothing written) when refused."""
+        started = time.perf_counter()
+        try:
+            coins = await self._gift(sender, room, frame)
+        except Refusal as exc:
+            metrics.GIFTS.labels(result=exc.code).inc()
+            raise
+        metrics.GIFT_ACK_SECONDS.observe(time.perf_counter() - started)
+        metrics.GIFTS.labels(result="acked").inc()
+        return coins
+
+    async def _gift(self, sender: Profile | None, room: LiveRoom, frame: GiftFrame) -> int:
+        if sender is None:
+            raise Unauthorized("watching only: sign in (token=…) to send gifts")
+        economy.check_gift_allowed(sender_id=sender.user_id, creator_id=room.creator_id)
+        if not self._is_live(room.room_id):
+            raise RoomNotLive("this live has ended")
+        transfer = Transfer(
+            transfer_id="g" + secrets.token_hex(8),
+            sender_id=sender.user_id,
+            sender_name=sender.name,
+            room_id=room.room_id,
+            creator_id=room.creator_id,
+            gift_id=frame.gift.id,
+            count=frame.count,
+            coins=economy.gift_total(frame.gift, frame.count),
+            created_ms=now_ms(),
+        )
+        debit = self._steps.debit(transfer, frame.request_id)
+        # Runs when step 1 answers, even if this task is cancelled meanwhile (shielded).
+        debit.add_done_callback(partial(self._debited, transfer))
+        try:
+            raw = await asyncio.shield(debit)
+        except Exception as exc:
+            if not _store_error(exc):
+                raise
+            metrics.REDIS_ERRORS.inc()
+            log.warning("gift not debited, redis unavailable: %s", exc)
+            raise Unavailable("the store is unavailable; try again") from None
+        return GiftSteps.receipt(raw).coins
+
+    def _debited(self, transfer: Transfer, debit: asyncio.Future[Any]) -> None:
+        if debit.cancelled() or debit.exception() is not None:
+            return  # not debited, or not known: then it is pending and the sweeper looks
+        try:
+            receipt = GiftSteps.receipt(debit.result())
+        except Refusal:
+            return
+        if receipt.replayed:
+            return  # the first attempt's steps are its process's (or the sweeper's)
+        metrics.COINS_SPENT.inc(transfer.coins)
+        self.finisher.hand_over(transfer)
+
+    # --- chat --------------------------------------------------------------------------
+
+    async def chat(self, sender: Profile | None, room: LiveRoom, frame: ChatFrame) -> None:
+        """Post `frame`'s line in `room`. Once per (sender, request_id). Refused
+        (`Refusal`) for a watcher, a suspended account (also on a socket opened before the
+        suspension), a sender over the per-user chat rate, or a room that has ended."""
+        try:
+            await self._chat(sender, room, frame)
+        except Refusal as exc:
+            metrics.CHAT_LINES.labels(result=exc.code).inc()
+            raise
+        metrics.CHAT_LINES.labels(result="posted").inc()
+
+    async def _chat(self, sender: Profile | None, room: LiveRoom, frame: ChatFrame) -> None:
+        if sender is None:
+            raise Unauthorized("watching only: sign in (token=…) to chat")
+        if not self._is_live(room.room_id):
+            raise RoomNotLive("this live has ended")
+        try:
+            await self._rooms.admit_chat(sender.user_id)
+            await self._rooms.post_chat(
+                room.room_id,
+                user_id=sender.user_id,
+                name=sender.name,
+                request_id=frame.request_id,
+                text=frame.text,
+            )
+        except Exception as exc:
+            if not _store_error(exc):
+                raise
+            metrics.REDIS_ERRORS.inc()
+            log.warning("chat not posted, redis unavailable: %s", exc)
+            raise Unavailable("the store is unavailable; try again") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where steps 2-4 left one transfer: `settled` (shown and credited), `refunded`, or
+    `failed` at `step` (still pending: a later attempt finishes it)."""
+
+    transfer: Transfer
+    result: str
+    step: str = ""
+    error: Exception | None = None
+
+
+class _OncePerSecond:
+    """A log line at most once a second per key, with how many were not written."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < 1.0:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return
+        self._last[key] = now
+        skipped = self._skipped.pop(key, 0)
+        suffix = f" ({skipped} more like it not logged)" if skipped else ""
+        log.warning(message + suffix, *args)
+
+
+class GiftFinisher:
+    """Steps 2-4 of the gifts this process debited, owned by the process: they run to the
+    end whatever happens to the socket that sent the gift, and `drain` waits for them at
+    shutdown. Transfers handed over are finished in batches (each step one round trip for
+    the whole batch, each transfer's answer its own), a few batches at a time. At most
+    `max_waiting` wait; beyond that a transfer is left to the sweeper (it is pending in
+    Redis, so nothing is lost; it is only finished later)."""
+
+    def __init__(
+        self,
+        steps: GiftSteps,
+        settings: Settings,
+        *,
+        max_waiting: int = 20_000,
+        max_batch: int = 512,
+        max_batches: int = 4,
+    ) -> None:
+        self._steps = steps
+        self._settings = settings
+        self._waiting: deque[Transfer] = deque()
+        self._max_waiting = max_waiting
+        self._max_batch = max_batch
+        self._max_batches = max_batches
+        self._batches: set[asyncio.Task[list[Outcome]]] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._log = _OncePerSecond()
+
+    def hand_over(self, transfer: Transfer) -> None:
+        """Finish `transfer` soon. Never waits."""
+        if len(self._waiting) >= self._max_waiting:
+            metrics.GIFT_STEPS_DEFERRED.inc()
+            return
+        self._waiting.append(transfer)
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Start batches while transfers wait, until cancelled; batches still running then
+        are cancelled too (their transfers stay pending, for the sweeper)."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._start_batches()
+        finally:
+            for task in list(self._batches):
+                task.cancel()
+
+    def _start_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting and len(self._batches) < self._max_batches:
+            n = min(self._max_batch, len(self._waiting))
+            batch = [self._waiting.popleft() for _ in range(n)]
+            task = loop.create_task(self.finish(batch), name="gift-steps")
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[list[Outcome]]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("gift steps failed unexpectedly", exc_info=exc)
+        if self._waiting:
+            self._wake.set()
+        elif not self._batches:
+            self._idle.set()
+
+    async def drain(self, *, timeout_s: float) -> bool:
+        """Wait until every transfer handed over has been through its steps (True), or
+        `timeout_s` passed (False: what is left stays pending, for the sweeper)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def finish(self, transfers: Sequence[Transfer]) -> list[Outcome]:
+        """Steps 2-4 for each transfer on its own, in order: publish; then credit (shown)
+        or refund (refused); then settle (credited). A transfer whose step fails stays
+        pending and is reported as `failed`; the others go on. Idempotent."""
+        outcomes: list[Outcome | None] = [None] * len(transfers)
+        shown: list[int] = []
+        refused: list[int] = []
+        for i, decision in enumerate(await self._steps.publish(transfers)):
+            if isinstance(decision, Exception):
+                outcomes[i] = self._failed(transfers[i], "publish", decision)
+            elif decision is Decision.SHOWN:
+                shown.append(i)
+            else:
+                refused.append(i)
+        credits, refunds = await self._steps.credit_or_refund(
+            [transfers[i] for i in shown], [transfers[i] for i in refused]
+        )
+        credited: list[int] = []
+        for i, done in zip(shown, credits, strict=True):
+            if isinstance(done, Exception):
+                outcomes[i] = self._failed(transfers[i], "credit", done)
+                continue
+            if done:
+                metrics.DIAMONDS_CREDITED.inc(
+                    economy.diamonds_for(transfers[i].coins, self._settings.diamonds_per_coin)
+                )
+            credited.append(i)
+        for i, done in zip(refused, refunds, strict=True):
+            if isinstance(done, Exception):
+                outcomes[i] = self._failed(transfers[i], "refund", done)
+                continue
+            if done:
+                metrics.GIFTS_REFUNDED.inc()
+                metrics.COINS_REFUNDED.inc(transfers[i].coins)
+            outcomes[i] = Outcome(transfers[i], "refunded")
+        settles = await self._steps.settle([transfers[i] for i in credited])
+        for i, error in zip(credited, settles, strict=True):
+            if error is not None:
+                outcomes[i] = self._failed(transfers[i], "settle", error)
+            else:
+                outcomes[i] = Outcome(transfers[i], "settled")
+        return [o for o in outcomes if o is not None]
+
+    def _failed(self, transfer: Transfer, step: str, error: Exception) -> Outcome:
+        metrics.GIFT_STEP_FAILURES.labels(step=step).inc()
+        self._log.warning(
+            step,
+            "gift %s: %s failed (%s); it stays pending, to be finished later",
+            transfer.transfer_id,
+            step,
+            error,
+        )
+        return Outcome(transfer, "failed", step, error)
+
+
+class GiftSweeper:
+    """Finishes the transfers left pending longer than `sweep_min_age_ms` (a process that
+    died between steps, a Redis that half-failed), at start and every `sweep_interval_s`.
+    Safe in every process at once. Each transfer on its own: one that keeps failing is
+    retried with a growing backoff (counted in /metrics, logged) and never holds up the
+    others."""
+
+    def __init__(self, steps: GiftSteps, finisher: GiftFinisher, settings: Settings) -> None:
+        self._steps = steps
+        self._finisher = finisher
+        self._settings = settings
+        # transfer id -> (failures so far, monotonic time before which it is not retried)
+        self._backoff: dict[str, tuple[int, float]] = {}
+
+    async def sweep(self, *, min_age_ms: int | None = None) -> list[Outcome]:
+        """One round: every pending transfer old enough and not backing off, finished.
+        Returns their outcomes."""
+        min_age = self._settings.sweep_min_age_ms if min_age_ms is None else min_age_ms
+        pending = await self._steps.pending()
+        metrics.PENDING_TRANSFERS.set(len(pending))
+        metrics.PENDING_OLDEST_SECONDS.set(max((age for _, age in pending), default=0) / 1000)
+        ids = {t.transfer_id for t, _ in pending}
+        for transfer_id in list(self._backoff):
+            if transfer_id not in ids:
+                del self._backoff[transfer_id]
+        now = time.monotonic()
+        due = [
+            t
+            for t, age in pending
+            if age >= min_age and self._backoff.get(t.transfer_id, (0, 0.0))[1] <= now
+        ]
+        outcomes: list[Outcome] = []
+        for start in range(0, len(due), 512):
+            outcomes.extend(await self._finisher.finish(due[start : start + 512]))
+        for outcome in outcomes:
+            transfer_id = outcome.transfer.transfer_id
+            if outcome.result == "failed":
+                failures = self._backoff.get(transfer_id, (0, 0.0))[0] + 1
+                delay = min(60.0, self._settings.sweep_interval_s * 2 ** (failures - 1))
+                self._backoff[transfer_id] = (failures, now + delay)
+            else:
+                self._backoff.pop(transfer_id, None)
+                metrics.SWEPT_TRANSFERS.labels(result=outcome.result).inc()
+        return outcomes
+
+    async def run(self, *, interval_s: float | None = None) -> None:
+        """Sweep at once and then every `interval_s` until cancelled; a round that fails
+        as a whole (Redis away) is logged and the next one tries again."""
+        interval = self._settings.sweep_interval_s if interval_s is None else interval_s
+        while True:
+            try:
+                outcomes = await self.sweep()
+                finished = sum(1 for o in outcomes if o.result != "failed")
+                if finished:
+                    log.info("sweeper finished %d pending gift transfers", finished)
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive Redis outages
+                log.warning("sweeper round failed: %s", exc)
+            await asyncio.sleep(interval)
+
+
+async def run_gift_steps(commands: RoomCommands) -> None:
+    """The finisher and the sweeper of `commands`, until cancelled."""
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(commands.finisher.run(), name="gift-finisher")
+        tg.create_task(commands.sweeper.run(), name="gift-sweeper")
