@@ -202,9 +202,12 @@ class GiftFinisher:
     """Steps 2-4 of the gifts this process debited, owned by the process: they run to the
     end whatever happens to the socket that sent the gift, and `drain` waits for them at
     shutdown. Transfers handed over are finished in batches (each step one round trip for
-    the whole batch, each transfer's answer its own), a few batches at a time. At most
-    `max_waiting` wait; beyond that a transfer is left to the sweeper (it is pending in
-    Redis, so nothing is lost; it is only finished later)."""
+    the whole batch, each transfer's answer its own). Publishes go out one batch at a
+    time, in the order the gifts were debited, so a room shows a sender's gifts in the
+    order they were sent (and counts their combos right); the credits and settles after
+    them overlap with the next batches. At most `max_waiting` transfers wait; beyond that
+    one is left to the sweeper (it is pending in Redis, so nothing is lost; it is only
+    finished later)."""
 
     def __init__(
         self,
@@ -213,18 +216,19 @@ class GiftFinisher:
         *,
         max_waiting: int = 20_000,
         max_batch: int = 512,
-        max_batches: int = 4,
+        max_completing: int = 4,
     ) -> None:
         self._steps = steps
         self._settings = settings
         self._waiting: deque[Transfer] = deque()
         self._max_waiting = max_waiting
         self._max_batch = max_batch
-        self._max_batches = max_batches
-        self._batches: set[asyncio.Task[list[Outcome]]] = set()
+        self._completing: set[asyncio.Task[list[Outcome]]] = set()
+        self._room_to_complete = asyncio.Semaphore(max_completing)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._publishing = False
         self._log = _OncePerSecond()
 
     def hand_over(self, transfer: Transfer) -> None:
@@ -237,33 +241,39 @@ class GiftFinisher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Start batches while transfers wait, until cancelled; batches still running then
+        """Publish batch after batch while transfers wait, and complete each (credit or
+        refund, settle) beside the next ones, until cancelled; batches still running then
         are cancelled too (their transfers stay pending, for the sweeper)."""
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                self._start_batches()
+                while self._waiting:
+                    n = min(self._max_batch, len(self._waiting))
+                    batch = [self._waiting.popleft() for _ in range(n)]
+                    self._publishing = True
+                    try:
+                        published = await self._publish(batch)
+                        await self._room_to_complete.acquire()
+                    finally:
+                        self._publishing = False
+                    task = asyncio.create_task(self._complete(*published), name="gift-steps")
+                    self._completing.add(task)
+                    task.add_done_callback(self._completed)
+                self._check_idle()
         finally:
-            for task in list(self._batches):
+            for task in list(self._completing):
                 task.cancel()
 
-    def _start_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._waiting and len(self._batches) < self._max_batches:
-            n = min(self._max_batch, len(self._waiting))
-            batch = [self._waiting.popleft() for _ in range(n)]
-            task = loop.create_task(self.finish(batch), name="gift-steps")
-            self._batches.add(task)
-            task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task[list[Outcome]]) -> None:
-        self._batches.discard(task)
+    def _completed(self, task: asyncio.Task[list[Outcome]]) -> None:
+        self._completing.discard(task)
+        self._room_to_complete.release()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("gift steps failed unexpectedly", exc_info=exc)
-        if self._waiting:
-            self._wake.set()
-        elif not self._batches:
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._waiting and not self._completing and not self._publishing:
             self._idle.set()
 
     async def drain(self, *, timeout_s: float) -> bool:
@@ -280,6 +290,12 @@ class GiftFinisher:
         """Steps 2-4 for each transfer on its own, in order: publish; then credit (shown)
         or refund (refused); then settle (credited). A transfer whose step fails stays
         pending and is reported as `failed`; the others go on. Idempotent."""
+        return await self._complete(*await self._publish(transfers))
+
+    async def _publish(
+        self, transfers: Sequence[Transfer]
+    ) -> tuple[Sequence[Transfer], list[Outcome | None], list[int], list[int]]:
+        """Step 3 for each transfer: which were shown, which refused (the rest failed)."""
         outcomes: list[Outcome | None] = [None] * len(transfers)
         shown: list[int] = []
         refused: list[int] = []
@@ -290,6 +306,16 @@ class GiftFinisher:
                 shown.append(i)
             else:
                 refused.append(i)
+        return transfers, outcomes, shown, refused
+
+    async def _complete(
+        self,
+        transfers: Sequence[Transfer],
+        outcomes: list[Outcome | None],
+        shown: list[int],
+        refused: list[int],
+    ) -> list[Outcome]:
+        """Steps 2 (credit) or 2'+4 (refund), then 4 (settle), after `_publish`."""
         credits, refunds = await self._steps.credit_or_refund(
             [transfers[i] for i in shown], [transfers[i] for i in refused]
         )
