@@ -76,7 +76,8 @@ def main() -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            ws="websockets-sansio",
+            # uvicorn's websockets-sansio protocol, leaner per socket (server.direct).
+            ws="server.direct:RoomSocketProtocol",
             ws_max_size=settings.max_frame_bytes,
             ws_per_message_deflate=settings.ws_compression,
             ws_ping_interval=20.0,

@@ -100,7 +100,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[*api.routes, *ws.routes, *static_routes()],
         lifespan=lifespan,
-        middleware=[Middleware(DirectWrites)],
+        middleware=[
+            Middleware(
+                DirectWrites,
+                routes=ws.routes,
+                sndbuf_bytes=settings.socket_sndbuf_bytes,
+                stall_s=settings.stalled_reader_s,
+            )
+        ],
         exception_handlers={
             Refusal: on_refusal,
             RedisError: on_redis_down,

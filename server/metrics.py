@@ -82,6 +82,22 @@ SWEPT_TRANSFERS = Counter(
     "Pending gift transfers the sweeper finished (result=settled or refunded)",
     ["result"],
 )
+WS_PROTOCOL_ERRORS = Counter(
+    "giftstream_ws_protocol_errors",
+    "WebSocket connections closed for a protocol error of the client's: invalid_utf8 "
+    "(1007), bad_framing (1002), frame_too_big (1009)",
+    ["kind"],
+)
+LOOP_LAG_SECONDS = Histogram(
+    "giftstream_loop_lag_seconds",
+    "How late the event loop ran a callback due every 10 ms (the longest any task waited)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+LOOP_LAG_MAX_SECONDS = Gauge(
+    "giftstream_loop_lag_max_seconds",
+    "The worst loop lag over the last 5 seconds",
+    multiprocess_mode="max",
+)
 REDIS_ERRORS = Counter("giftstream_redis_errors", "Requests or frames that failed on Redis")
 GIFT_ACK_SECONDS = Histogram(
     "giftstream_gift_ack_seconds",

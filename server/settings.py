@@ -94,8 +94,14 @@ class Settings:
     # (1008): about four seconds of a busy room's frames.
     socket_buffer_bytes: int = 1024 * 1024
     # How long a too-slow reader's 1008 close may wait behind what it has not read; a
-    # peer that reads nothing meanwhile is dropped, and its buffers freed.
+    # peer that reads nothing meanwhile is dropped (reset), and its buffers freed.
     slow_close_timeout_s: float = 10.0
+    # A room socket's kernel send buffer (SO_SNDBUF; 0: the kernel's own, which grows to
+    # megabytes): small, so what a peer has not read is counted in `socket_buffer_bytes`.
+    socket_sndbuf_bytes: int = 64 * 1024
+    # A socket that has held more than 64 KiB unsent for this long is a stalled reader:
+    # closed (1008) long before a ping goes unanswered (0: only the byte bound).
+    stalled_reader_s: float = 5.0
     max_frame_bytes: int = 64 * 1024
     history_events: int = 1000
     presence_ttl_s: int = 10
@@ -169,6 +175,8 @@ class Settings:
                 env, "GS_SOCKET_BUFFER_BYTES", d.socket_buffer_bytes, minimum=1024
             ),
             slow_close_timeout_s=_float(env, "GS_SLOW_CLOSE_TIMEOUT_S", d.slow_close_timeout_s),
+            socket_sndbuf_bytes=_int(env, "GS_SOCKET_SNDBUF_BYTES", d.socket_sndbuf_bytes),
+            stalled_reader_s=_float(env, "GS_STALLED_READER_S", d.stalled_reader_s),
             max_frame_bytes=_int(env, "GS_MAX_FRAME_BYTES", d.max_frame_bytes, minimum=256),
             history_events=_int(env, "GS_HISTORY_EVENTS", d.history_events, minimum=1),
             presence_ttl_s=_int(env, "GS_PRESENCE_TTL_S", d.presence_ttl_s, minimum=2),

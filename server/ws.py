@@ -205,7 +205,17 @@ class RoomSession:
         frames = [Outgoing(welcome)]
         for start in range(0, len(history), HISTORY_FRAME_EVENTS):
             frames.append(Outgoing(events_frame(history[start : start + HISTORY_FRAME_EVENTS])))
+        self._forget_handshake()
         return self.hub.start(self.room_id, viewer, frames, floor=floor, state=(viewers, top))
+
+    def _forget_handshake(self) -> None:
+        """Past the welcome, the handshake's headers and query (the token among them) are
+        read no more: not kept for the connection's life, at thousands of sockets."""
+        scope = self.ws.scope
+        scope["headers"] = []
+        scope["query_string"] = b""
+        for cached in ("_headers", "_query_params", "_url"):
+            self.ws.__dict__.pop(cached, None)
 
     # --- the conversation -----------------------------------------------------------
 

@@ -58,7 +58,7 @@ async def in_process_server(settings: Settings) -> AsyncIterator[InProcess]:
         app,
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws="server.direct:RoomSocketProtocol",
         log_level="warning",
         lifespan="on",
         backlog=4096,

@@ -56,11 +56,9 @@ def limited_server(
 
 
 @pytest.fixture(scope="module")
-def small_queue_server(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    env = {"GS_SOCKET_BUFFER_BYTES": "16384", **FLOOD}
-    yield from serving(redis_url, tmp_path_factory, "smallq", env)
+def flood_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    # Default socket settings (buffer bound, kernel send buffer, stall time, pings).
+    yield from serving(redis_url, tmp_path_factory, "flood", FLOOD)
 
 
 @pytest.fixture(scope="module")
@@ -211,15 +209,31 @@ async def flood_until_a_slow_reader_is_closed(
     return said
 
 
+def server_side_states(server_port: int, peer_port: int) -> list[str]:
+    """TCP states (/proc/net/tcp's hex codes) of the server's sockets to `peer_port`."""
+    states = []
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.split(":")[1], 16) == server_port and int(
+                remote.split(":")[1], 16
+            ) == peer_port:
+                states.append(state)
+    return states
+
+
 async def keep_reading(client: RoomClient) -> None:
     while True:
         await client.read()
 
 
 async def test_a_reader_that_never_reads_is_closed_and_slows_no_one(
-    small_queue_server: LiveServer,
+    flood_server: LiveServer,
 ) -> None:
-    server = small_queue_server
+    # At default settings: closed as too slow (1008) once its socket has held more than
+    # 64 KiB unsent for GS_STALLED_READER_S, long before a ping would go unanswered (1011).
+    server = flood_server
     async with client_of(server) as http:
         _, room_id = await live_room(http)
         url = server.ws_url
@@ -232,6 +246,9 @@ async def test_a_reader_that_never_reads_is_closed_and_slows_no_one(
         reader = asyncio.create_task(keep_reading(good))
         try:
             said = await flood_until_a_slow_reader_is_closed(http, senders, before)
+            # The slow one reads again at once (within GS_SLOW_CLOSE_TIMEOUT_S, after which
+            # an unread socket is reset): it finds what was queued and then 1008.
+            slow_closed = asyncio.create_task(slow.closed_with())
             assert not any(sender.answers for sender in senders)  # every line was taken
             last = await fence(senders[0])
             async with asyncio.timeout(60):
@@ -240,8 +257,7 @@ async def test_a_reader_that_never_reads_is_closed_and_slows_no_one(
             # Everyone else received every line, once, in order.
             assert seqs(good) == list(range(1, last + 1))
             assert len(good.events) == said + 1
-            # The slow one, once it reads again, finds what was queued and then 1008.
-            assert await slow.closed_with() == 1008
+            assert await slow_closed == 1008
             assert len(slow.events) < said
             r = await http.get(f"/api/rooms/{room_id}")
             assert r.json()["viewers"] == 5
@@ -289,6 +305,7 @@ async def test_a_reader_that_reads_nothing_at_all_is_dropped_and_its_socket_free
         _, room_id = await live_room(http)
         url = server.ws_url
         slow = await never_reading(server, room_id)
+        slow_port = slow.conn.local_address[1]
         talker = await sign_up(http, name="Talker")
         sender = await RoomClient.open(url, room_id, token=talker.token, max_queue=None)
 
@@ -302,6 +319,11 @@ async def test_a_reader_that_reads_nothing_at_all_is_dropped_and_its_socket_free
             # server drops the connection and frees what it held.
             async with asyncio.timeout(15):
                 while await open_sockets() != 1:
+                    await asyncio.sleep(0.1)
+            # Reset, not closed: the kernel holds nothing for it (no FIN-WAIT-1 with
+            # megabytes of unsent bytes).
+            async with asyncio.timeout(15):
+                while server_side_states(server.port, slow_port):
                     await asyncio.sleep(0.1)
             # Past the close timeout (1 s here) it reads at last: the connection was cut
             # off, its close frame never delivered. The server let go of it.
