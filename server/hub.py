@@ -32,6 +32,7 @@ from server import metrics
 from server.broadcast import Broadcast, Broadcaster
 from server.direct import DirectSocket
 from server.errors import Unavailable
+from server.loop_lag import LoopLag
 from server.presence import RoomPresence, RoomState
 from server.protocol import Outgoing, event_kind, event_seq, events_frame
 from server.sequencing import Batch, FlushPacer, RoomSequence
@@ -181,6 +182,8 @@ class RoomHub:
             send_state=self._send_state,
         )
         self._broadcaster = Broadcaster(slice_s=settings.fanout_slice_ms / 1000)
+        # The loop's stalls, for /metrics: what slicing the flushes is for.
+        self._loop_lag = LoopLag()
         self._tasks: set[asyncio.Task[None]] = set()
         # Events waiting for a flush, per room, beyond which the hub stops waiting for a
         # recovery to finish (only a Redis that fails for long gets there).
@@ -205,6 +208,7 @@ class RoomHub:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._channels.run(), name="hub-channels")
                 tg.create_task(self._presence.run(), name="hub-presence")
+                tg.create_task(self._loop_lag.run(), name="hub-loop-lag")
         finally:
             self._broadcaster.close()
             for task in list(self._tasks):

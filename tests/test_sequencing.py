@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 
+from server.loop_lag import LoopLag
 from server.protocol import Outgoing
 from server.sequencing import Batch, FlushPacer, RoomSequence, ViewerOrder
 
@@ -188,3 +189,13 @@ def test_the_cost_follows_recent_flushes_smoothly() -> None:
     assert round(pacer.cost_per_viewer_s, 9) == 0.0002
     pacer.record(started=2.0, cost_s=0.0, viewers=0)  # no one written: the cost stands
     assert round(pacer.cost_per_viewer_s, 9) == 0.0002 and pacer.last_start == 2.0
+
+
+def test_the_loop_lag_keeps_the_worst_of_the_last_seconds() -> None:
+    lag = LoopLag(window_s=3.0)
+    lag.record(10.0, 0.002)
+    lag.record(10.5, 0.050)
+    lag.record(11.2, 0.001)
+    assert lag.worst_s == lag.recent_worst_s == 0.050
+    lag.record(13.9, 0.003)  # 10.x has left the 3-second window
+    assert lag.recent_worst_s == 0.003 and lag.worst_s == 0.050
