@@ -186,22 +186,14 @@ def test_prometheus_scrapes_both_replicas_and_grafana_is_provisioned() -> None:
 SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
 
 # Metrics with panels on the dashboard ahead of their code, which is on its way to main
-# (13.4's HTTP metrics, close codes and build info; issue 9's saga and sweeper metrics):
-# while missing from server/metrics.py they are allowed, once there they are checked
-# like every other. Remove a name when it has landed.
+# (13.4's HTTP metrics, close codes and build info): while missing from server/metrics.py
+# they are allowed, once there they are checked like every other. Remove a name when it
+# has landed.
 PENDING = {
     "giftstream_http_requests": "counter",
     "giftstream_http_request_seconds": "histogram",
     "giftstream_websocket_closes": "counter",
     "giftstream_build_info": "gauge",
-    "giftstream_chat_lines": "counter",
-    "giftstream_gifts_refunded": "counter",
-    "giftstream_coins_refunded": "counter",
-    "giftstream_gift_step_failures": "counter",
-    "giftstream_gift_steps_deferred": "counter",
-    "giftstream_pending_transfers": "gauge",
-    "giftstream_pending_oldest_seconds": "gauge",
-    "giftstream_swept_transfers": "counter",
 }
 
 
