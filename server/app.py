@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from server.hub import RoomHub
 from server.room_commands import RoomCommands, run_gift_steps
 from server.services import Services
 from server.settings import Settings
+from server.store.connection import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={
             Refusal: on_refusal,
-            RedisError: on_redis_down,
-            OSError: on_redis_down,
+            **dict.fromkeys(STORE_ERRORS, on_redis_down),
             Exception: on_error,
         },
     )

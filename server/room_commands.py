@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from server import economy, metrics
 from server.errors import Refusal, RoomNotLive, Unauthorized, Unavailable
 from server.protocol import ChatFrame, GiftFrame
 from server.settings import Settings
+from server.store.cancellation import reraise_lost_cancellation
+from server.store.connection import is_store_error
 from server.store.gifts import Decision, GiftSteps, Transfer
 from server.store.rooms import RoomStore
 from server.store.wallets import Profile, now_ms
@@ -51,11 +51,6 @@ class LiveRoom:
 
     room_id: str
     creator_id: str
-
-
-def _store_error(exc: BaseException) -> bool:
-    # The socket layer's TimeoutError and ConnectionError are OSErrors.
-    return isinstance(exc, RedisError | OSError)
 
 
 class RoomCommands:
@@ -115,7 +110,7 @@ class RoomCommands:
         try:
             raw = await asyncio.shield(debit)
         except Exception as exc:
-            if not _store_error(exc):
+            if not is_store_error(exc):
                 raise
             metrics.REDIS_ERRORS.inc()
             log.warning("gift not debited, redis unavailable: %s", exc)
@@ -162,7 +157,7 @@ class RoomCommands:
                 text=frame.text,
             )
         except Exception as exc:
-            if not _store_error(exc):
+            if not is_store_error(exc):
                 raise
             metrics.REDIS_ERRORS.inc()
             log.warning("chat not posted, redis unavailable: %s", exc)
@@ -254,6 +249,7 @@ class GiftFinisher:
                     self._publishing = True
                     try:
                         published = await self._publish(batch)
+                        reraise_lost_cancellation()
                         await self._room_to_complete.acquire()
                     finally:
                         self._publishing = False
@@ -414,6 +410,7 @@ class GiftSweeper:
                     log.info("sweeper finished %d pending gift transfers", finished)
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive Redis outages
                 log.warning("sweeper round failed: %s", exc)
+            reraise_lost_cancellation()
             await asyncio.sleep(interval)
 
 

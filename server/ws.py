@@ -19,7 +19,6 @@ import logging
 import re
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -44,6 +43,7 @@ from server.protocol import (
 from server.room_commands import LiveRoom, RoomCommands
 from server.services import Services
 from server.store.cancellation import reraise_lost_cancellation
+from server.store.connection import is_store_error
 from server.store.wallets import Profile
 from server.viewers import DirectViewer, QueuedViewer, Viewer
 
@@ -53,7 +53,7 @@ CLOSE_TOO_SLOW = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 HISTORY_FRAME_EVENTS = 200
-_SINCE = re.compile(r"^\d{1,18}$")
+_SINCE = re.compile(r"^[0-9]{1,18}$")
 _PEER_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
 
 
@@ -62,11 +62,6 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     # A peer that went away ends the writer: that is no failure.
     if exc is not None and not isinstance(exc, _PEER_GONE):
         log.error("websocket %s failed", task.get_name(), exc_info=exc)
-
-
-def _is_store_error(exc: BaseException) -> bool:
-    # TimeoutError and ConnectionError of the socket layer are OSErrors.
-    return isinstance(exc, RedisError | OSError)
 
 
 class RoomSession:
@@ -100,7 +95,7 @@ class RoomSession:
                 await self._close(exc.close, exc.message)
                 return
             except Exception as exc:
-                if not _is_store_error(exc):
+                if not is_store_error(exc):
                     raise
                 metrics.REDIS_ERRORS.inc()
                 log.warning("websocket refused, redis unavailable: %s", exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.errors import Refusal, refusal_for
+from server.errors import refusal_for
 
 
 def text(value: bytes | str) -> str:
@@ -26,13 +26,6 @@ def answer(raw: Any) -> list[Any]:
     if status == "ok":
         return list(raw[1:])
     raise refusal_for(status, text(raw[1]))
-
-
-def refusal_of(raw: Any) -> Refusal | None:
-    """The refusal a script's answer carries, or None for an `ok` (or an exception)."""
-    if isinstance(raw, BaseException) or text(raw[0]) == "ok":
-        return None
-    return refusal_for(text(raw[0]), text(raw[1]))
 
 
 def fields(raw: dict[Any, Any]) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from server.settings import Settings
 
@@ -98,6 +98,15 @@ def connect(settings: Settings, url: str | None = None) -> Client:
     # A bounded pool that waits for a free connection instead of failing under bursts.
     pool = BlockingConnectionPool.from_url(target, max_connections=64, timeout=5, **options)
     return Redis.from_pool(pool)
+
+
+# What a store that cannot answer raises: redis-py's errors (a cluster client's own, such
+# as "cannot be connected", are not RedisErrors), and the socket layer's (OSError).
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+
+def is_store_error(exc: BaseException) -> bool:
+    return isinstance(exc, STORE_ERRORS)
 
 
 def publish_command(client: Client) -> str:

@@ -24,7 +24,7 @@ from server.store.answers import answer, fields, text
 from server.store.connection import Client, Scripts
 from server.store.keys import UserKeys, bucket_cashout, bucket_cashouts_due, bucket_tag
 
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 
