@@ -4,6 +4,8 @@ end, and a browser page of another site cannot open one with the user's identity
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -11,7 +13,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.services import Services
 from tests.accounts import funded
 from tests.live_server import LiveServer
 from tests.room_client import WAIT_S, RoomClient, chat, fence, gift, live_room
@@ -27,22 +28,31 @@ def capped_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         server.stop()
 
 
+def admin(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.admin", *args], capture_output=True, text=True, timeout=60
+    )
+
+
 async def test_a_suspension_reaches_a_socket_opened_before_it(
-    http: httpx.AsyncClient, live_server: LiveServer, services: Services
+    http: httpx.AsyncClient, live_server: LiveServer, redis_url: str
 ) -> None:
     _, room_id = await live_room(http)
     fan = await funded(http, "p100")
     client = await RoomClient.open(live_server.ws_url, room_id, token=fan.token)
     try:
         await fence(client)  # a chat line posted and seen: the account may chat
-        await services.wallets.set_status(fan.user_id, "suspended")
+        # The operator suspends the account while its socket is open.
+        done = admin("suspend", fan.user_id, "--redis-url", redis_url)
+        assert done.returncode == 0, done.stderr
         refused = await client.request(chat("still here?"))
         assert (refused["type"], refused["code"]) == ("error", "forbidden")
         refused = await client.request(gift())
         assert (refused["type"], refused["code"]) == ("error", "forbidden")
     finally:
         await client.close()
-        await services.wallets.set_status(fan.user_id, "active")
+    assert admin("reinstate", fan.user_id, "--redis-url", redis_url).returncode == 0
+    assert admin("suspend", "u-nobody", "--redis-url", redis_url).returncode == 1
 
 
 async def closed_with(url: str, **options: object) -> int | None:
