@@ -115,9 +115,11 @@ class GiftSteps:
         s = self._settings
         k = self._user(transfer.sender_id)
         day, month = transfer.periods
+        t = transfer
         params = (
-            f"{body_hash(transfer.gift_id, transfer.count, transfer.room_id)}"
-            f"|{s.idempotency_ttl_s}|{s.gift_rate_per_s}|{s.gift_burst}"
+            f"{body_hash(t.gift_id, t.count, t.room_id)}|{s.idempotency_ttl_s}"
+            f"|{s.gift_rate_per_s}|{s.gift_burst}|{t.transfer_id}|{t.coins}|{t.created_ms}"
+            f"|{t.count}|{t.gift_id}|{t.room_id}"
         )
         return self._batch.call(
             script_call(
@@ -130,7 +132,6 @@ class GiftSteps:
                     k.pending,
                     k.spent("d", day),
                     k.spent("m", month),
-                    k.rate("gift"),
                 ),
                 args=(transfer.to_json(), params),
             )
@@ -155,13 +156,14 @@ class GiftSteps:
         that finds it decided gets the same answer); an exception where it could not be
         done now (nothing written)."""
         s = self._settings
-        params = f"{s.combo_gap_ms}|{s.history_events}|{MARKER_TTL_S}|{self.publish_command}"
+        head = f"{s.combo_gap_ms}|{s.history_events}|{MARKER_TTL_S}|{self.publish_command}"
+        now = now_ms()
         calls = []
         for t in transfers:
             room = RoomKeys(t.room_id)
             event = orjson.dumps(
                 {
-                    "ts": now_ms(),
+                    "ts": now,
                     "kind": "gift",
                     "from": {"user_id": t.sender_id, "name": t.sender_name},
                     "gift_id": t.gift_id,
@@ -180,7 +182,13 @@ class GiftSteps:
                         room.combo,
                         room.done(t.transfer_id),
                     ),
-                    args=(t.transfer_id, event, params, room.channel),
+                    args=(
+                        t.transfer_id,
+                        event,
+                        f"{head}|{t.sender_id}|{t.gift_id}|{t.count}|{t.coins}|{now}",
+                        room.channel,
+                        t.sender_name,
+                    ),
                 )
             )
         return [_decision(raw) for raw in await self._run(calls)]

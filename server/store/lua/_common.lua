@@ -11,8 +11,13 @@
 --   fault(msg)         an error reply: the store cannot do it now (a key of the wrong
 --                      type, a command the ACL denies); nothing was written, and the
 --                      caller may try again later
--- Every script checks everything before its first write (`check`), so a script that
--- stops, whatever the reason, leaves nothing behind.
+-- Every script checks everything before its first write, so a script that stops,
+-- whatever the reason, leaves nothing behind: the ACL's leave to run each command it
+-- will write with, the type of each key it will write, and the stored numbers it will
+-- add to (`check`, `integer`). A key the script reads before its first write with a
+-- command of the key's own type (HMGET on a hash, GET on a string) needs no TYPE check:
+-- a wrong type fails that read, before anything is written. SET and EXPIRE never fail
+-- on a key's type.
 
 local function ok(...)
   return {'ok', ...}
@@ -94,14 +99,14 @@ local function standing(profile_key)
   return nil
 end
 
--- A token bucket kept in hash `key` ('t' tokens, 'at' ms), shared by every connection
--- and process: `burst` tokens at first, refilled at `rate` a second.
--- bucket_take(key, rate, burst, now_ms): the tokens left after taking one, or nil when
--- none is left; nothing is written (`bucket_write` does that, after every check).
-local function bucket_take(key, rate, burst, now)
-  local b = redis.call('HMGET', key, 't', 'at')
-  local tokens = tonumber(b[1]) or burst
-  local at = tonumber(b[2]) or now
+-- A token bucket, shared by every connection and process of a user: `burst` tokens at
+-- first, refilled at `rate` a second; its state is two stored values (tokens, at ms).
+-- bucket_take(tokens, at, rate, burst, now_ms): the tokens left after taking one, or nil
+-- when none is left; nothing is written (the caller writes the new state, after every
+-- check).
+local function bucket_take(tokens, at, rate, burst, now)
+  tokens = tonumber(tokens) or burst
+  at = tonumber(at) or now
   if now > at then
     tokens = math.min(burst, tokens + (now - at) * rate / 1000)
   end
@@ -116,12 +121,6 @@ local function bucket_ttl_ms(rate, burst)
     return 86400000
   end
   return math.ceil(burst / rate * 1000) + 1000
-end
-
--- bucket_write(key, tokens, now, rate, burst): its writes, for `check`: HSET and PEXPIRE.
-local function bucket_write(key, tokens, now, rate, burst)
-  redis.call('HSET', key, 't', tostring(tokens), 'at', string.format('%d', now))
-  redis.call('PEXPIRE', key, bucket_ttl_ms(rate, burst))
 end
 
 -- Redis's own clock, in ms: the same for every process that shares this Redis.

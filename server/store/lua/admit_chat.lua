@@ -4,7 +4,7 @@
 -- Atomic; takes a token only when it admits. All checks before any write.
 --
 -- KEYS[1] profile hash      gs:{w<b>}:user:<uid>
--- KEYS[2] chat rate bucket  gs:{w<b>}:rate:<uid>:chat
+-- KEYS[2] chat rate bucket  gs:{w<b>}:rate:<uid>:chat  (hash: t tokens, at ms)
 -- ARGV[1] "<chat rate per s>|<chat burst>"
 -- Returns ok() or a refusal: unauthorized, suspended, rate_limited.
 
@@ -15,15 +15,16 @@ local refused = standing(KEYS[1])
 if refused then
   return refused
 end
+local b = redis.call('HMGET', KEYS[2], 't', 'at')
 local now = redis_now_ms()
-local tokens = bucket_take(KEYS[2], rate, burst, now)
+local tokens = bucket_take(b[1], b[2], rate, burst, now)
 if not tokens then
   return refuse('rate_limited', 'too many chat lines: slow down')
 end
-local faulty = check({KEYS[2], 'hash'},
-  {{'HSET', KEYS[2], 't', '0', 'at', '0'}, {'PEXPIRE', KEYS[2], '1'}})
+local faulty = check({}, {{'HSET', KEYS[2], 't', '0', 'at', '0'}, {'PEXPIRE', KEYS[2], '1'}})
 if faulty then
   return faulty
 end
-bucket_write(KEYS[2], tokens, now, rate, burst)
+redis.call('HSET', KEYS[2], 't', tostring(tokens), 'at', decimal(now))
+redis.call('PEXPIRE', KEYS[2], bucket_ttl_ms(rate, burst))
 return ok()

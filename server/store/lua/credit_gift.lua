@@ -16,15 +16,15 @@ end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return ok(1)
 end
-local faulty = check({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'string'},
+local w = redis.call('HMGET', KEYS[1], 'diamonds', 'earned')
+if integer(w[1]) == nil or integer(w[2]) == nil then
+  return fault(KEYS[1] .. ' holds a balance that is not a whole number')
+end
+local faulty = check({KEYS[2], 'stream'},
   {{'HINCRBY', KEYS[1], 'diamonds', '1'}, {'XADD', KEYS[2], '*', 'k', 'v'},
    {'SET', KEYS[3], '1', 'EX', ttl}})
 if faulty then
   return faulty
-end
-local w = redis.call('HMGET', KEYS[1], 'diamonds', 'earned')
-if integer(w[1]) == nil or integer(w[2]) == nil then
-  return fault(KEYS[1] .. ' holds a balance that is not a whole number')
 end
 
 local balance = redis.call('HINCRBY', KEYS[1], 'diamonds', diamonds)

@@ -24,18 +24,17 @@ if not raw then
 end
 local t = cjson.decode(raw)
 local price = t.coins or t.p  -- t.p: a transfer recorded before the fields had names
-local faulty = check(
-  {KEYS[1], 'hash', KEYS[2], 'stream', KEYS[4], 'string', KEYS[5], 'string'},
-  {{'HINCRBY', KEYS[1], 'coins', '1'}, {'XADD', KEYS[2], '*', 'k', 'v'},
-   {'HDEL', KEYS[3], id}, {'DECRBY', KEYS[4], '1'}, {'DECRBY', KEYS[5], '1'}})
-if faulty then
-  return faulty
-end
 local w = redis.call('HMGET', KEYS[1], 'coins', 'spent')
 local spent_day = integer(redis.call('GET', KEYS[4]))
 local spent_month = integer(redis.call('GET', KEYS[5]))
 if integer(w[1]) == nil or integer(w[2]) == nil or spent_day == nil or spent_month == nil then
   return fault(KEYS[1] .. ' or its spending counters hold a value that is not a whole number')
+end
+local faulty = check({KEYS[2], 'stream'},
+  {{'HINCRBY', KEYS[1], 'coins', '1'}, {'XADD', KEYS[2], '*', 'k', 'v'},
+   {'HDEL', KEYS[3], id}, {'DECRBY', KEYS[4], '1'}, {'DECRBY', KEYS[5], '1'}})
+if faulty then
+  return faulty
 end
 
 local balance = redis.call('HINCRBY', KEYS[1], 'coins', price)
