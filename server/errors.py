@@ -174,6 +174,10 @@ for _cls in _all_subclasses(Refusal):
     REFUSALS[_cls.code] = _cls
 
 
+# Every code a WebSocket error frame can carry (DESIGN section 4's list).
+WIRE_CODES: frozenset[str] = frozenset(cls.wire for cls in REFUSALS.values())
+
+
 class UnknownRefusal(Exception):
     """A Lua script answered a refusal code that no `Refusal` class defines: a bug."""
 
