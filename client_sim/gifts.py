@@ -36,14 +36,6 @@ class GiftPicker:
         """From the catalog as the client reads it (`GiftstreamClient.gifts()`)."""
         return cls([GiftInfo(g.id, g.name, g.coins) for g in gifts])
 
-    @classmethod
-    def from_catalog(cls, body: dict[str, object]) -> GiftPicker:
-        """From the body of `GET /api/gifts`: `{"gifts": [{id, name, coins, tier}]}`."""
-        raw = body.get("gifts")
-        if not isinstance(raw, list):
-            raise ValueError("GET /api/gifts answered without a gifts list")
-        return cls([GiftInfo(str(g["id"]), str(g["name"]), int(g["coins"])) for g in raw])
-
     def pick(self, rng: random.Random, balance: int) -> GiftInfo | None:
         """A gift costing at most `balance`, or None when not even the cheapest fits."""
         affordable = sum(1 for g in self.gifts if g.coins <= balance)

@@ -1,81 +1,83 @@
-"""The load run's report: Locust's CSV read back, resource samples and the audit added,
-rendered as JSON (summary.json), Markdown (summary.md) and plain text (stdout). Pure:
-reads the files it is given, starts nothing."""
+"""The load run's report.
+
+`stats_report(stats)` reads Locust's statistics at the end of a run the way Locust's own
+HTML report does (`StatsEntry.to_dict()`, `get_response_time_percentile`, the failures'
+`to_dict()`), so every count in `summary.md` is the count in `report.html`. (Reading
+Locust's CSV instead lost up to the last second of the run: Locust rewrites it once a
+second and does not write it again at the end.) The rest is pure: the summary as JSON,
+Markdown and plain text, from that report, the resource samples and the audit."""
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 WS = "WS"
-# How Locust prints our exceptions in its failures CSV: WsRefused('rate_limited').
+# The percentiles the HTML report shows ("Response Time Statistics").
+PERCENTILES = (0.5, 0.95, 0.99, 1.0)
+# How Locust prints our exceptions in its failures: WsRefused('rate_limited').
 _EXCEPTION = re.compile(r"^(\w+)\(['\"](.*)['\"]\)$")
 
 
-@dataclass(frozen=True)
-class RequestStats:
-    """One row of Locust's `*_stats.csv`; times in ms."""
+class _Entry(Protocol):
+    def to_dict(self, escape_string_values: bool = False) -> dict[str, Any]: ...
+    def get_response_time_percentile(self, percent: float) -> int: ...
 
-    type: str
-    name: str
-    count: int
-    failures: int
-    rps: float
-    avg_ms: float
-    max_ms: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
 
-    def latency(self) -> dict[str, float | int]:
+class _Error(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class _Stats(Protocol):
+    @property
+    def entries(self) -> dict[Any, Any]: ...
+    @property
+    def errors(self) -> dict[Any, Any]: ...
+    @property
+    def total(self) -> Any: ...
+    @property
+    def start_time(self) -> float: ...
+    @property
+    def last_request_timestamp(self) -> float | None: ...
+
+
+def stats_report(stats: _Stats) -> dict[str, Any]:
+    """Locust's statistics as its HTML report shows them: one row per request (and the
+    Aggregated row), response-time percentiles, failures by error."""
+
+    def row(entry: _Entry) -> dict[str, Any]:
+        d = entry.to_dict()
         return {
-            "count": self.count,
-            "failures": self.failures,
-            "per_s": round(self.rps, 2),
-            "p50": self.p50_ms,
-            "p95": self.p95_ms,
-            "p99": self.p99_ms,
-            "avg": round(self.avg_ms, 2),
-            "max": round(self.max_ms, 2),
+            "type": d["method"] or "",
+            "name": d["name"],
+            "count": d["num_requests"],
+            "failures": d["num_failures"],
+            "avg_ms": d["avg_response_time"],
+            "min_ms": d["min_response_time"],
+            "max_ms": d["max_response_time"],
+            "per_s": d["total_rps"],
+            "avg_size": d["avg_content_length"],
+            **{f"p{round(p * 100)}_ms": entry.get_response_time_percentile(p) for p in PERCENTILES},
         }
 
-
-def read_stats(path: Path) -> dict[tuple[str, str], RequestStats]:
-    """Locust's `<prefix>_stats.csv`, by (type, name); the Aggregated row is left out."""
-    rows: dict[tuple[str, str], RequestStats] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["Name"] == "Aggregated":
-                continue
-            rows[(row["Type"], row["Name"])] = RequestStats(
-                type=row["Type"],
-                name=row["Name"],
-                count=int(row["Request Count"]),
-                failures=int(row["Failure Count"]),
-                rps=_float(row["Requests/s"]),
-                avg_ms=_float(row["Average Response Time"]),
-                max_ms=_float(row["Max Response Time"]),
-                p50_ms=_float(row["50%"]),
-                p95_ms=_float(row["95%"]),
-                p99_ms=_float(row["99%"]),
-            )
-    return rows
-
-
-def read_failures(path: Path) -> dict[str, Counter[str]]:
-    """Locust's `<prefix>_failures.csv` as {request name: {error code: occurrences}}."""
-    failures: dict[str, Counter[str]] = {}
-    if not path.exists():
-        return failures
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            code = error_code(row["Error"])
-            failures.setdefault(row["Name"], Counter())[code] += int(row["Occurrences"])
-    return failures
+    entries = [stats.entries[key] for key in sorted(stats.entries)]
+    failures = [stats.errors[key].to_dict() for key in sorted(stats.errors)]
+    return {
+        "requests": [row(e) for e in entries],
+        "aggregated": row(stats.total),
+        "failures": [
+            {
+                "type": f["method"] or "",
+                "name": f["name"],
+                "error": f["error"],
+                "occurrences": f["occurrences"],
+            }
+            for f in failures
+        ],  # fmt: skip
+        "start_time": stats.start_time,
+        "end_time": stats.last_request_timestamp or stats.start_time,
+    }
 
 
 def error_code(error: str) -> str:
@@ -91,42 +93,53 @@ def error_code(error: str) -> str:
         return f"close {detail}"
     if kind == "WsTimeout":
         return "timeout"
+    if kind == "WsConnectFailed":
+        return f"connect failed: {detail}"[:80]
     return f"{kind}: {detail}"[:80]
 
 
 def build_summary(
     *,
     run: dict[str, Any],
-    stats: dict[tuple[str, str], RequestStats],
-    failures: dict[str, Counter[str]],
-    broadcast_sample: int,
+    locust: dict[str, Any],
     resources: dict[str, dict[str, float]],
     server_metrics: dict[str, float],
     audit: dict[str, Any],
 ) -> dict[str, Any]:
-    """Everything a reader of the run needs, as one JSON-ready dict."""
-    acks = stats.get((WS, "gift ack"))
-    broadcast = stats.get((WS, "broadcast"))
-    chat = stats.get((WS, "chat"))
-    acked = (acks.count - acks.failures) if acks else 0
+    """Everything a reader of the run needs, as one JSON-ready dict. `locust` is the
+    locustfile's `--gs-report` (Locust's statistics and the viewers' counts)."""
+    requests = {(r["type"], r["name"]): r for r in locust.get("requests", [])}
+    acks = requests.get((WS, "gift ack"))
+    chat = requests.get((WS, "chat"))
+    connect = requests.get((WS, "connect"))
+    viewers = locust.get("viewers", {})
     duration = float(run.get("duration_s") or 0) or 1.0
+    acked = (acks["count"] - acks["failures"]) if acks else 0
+    errors: dict[str, Counter[str]] = {}
+    for failure in locust.get("failures", []):
+        codes = errors.setdefault(failure["name"], Counter())
+        codes[error_code(str(failure["error"]))] += int(failure["occurrences"])
     return {
         "run": run,
         "throughput": {
+            "gift_acks": acks["count"] if acks else 0,
             "gifts_acked": acked,
             "gifts_acked_per_s": round(acked / duration, 2),
-            "gifts_refused": acks.failures if acks else 0,
-            # Only gift events whose sender is in the Locust process are timed (and so
-            # counted); with a sample of 1 in N, each counted one stands for N.
-            "events_delivered": (broadcast.count * broadcast_sample) if broadcast else 0,
-            "events_delivered_per_s": round(
-                (broadcast.count * broadcast_sample) / duration if broadcast else 0.0, 2
-            ),
-            "chat_lines": chat.count - chat.failures if chat else 0,
+            "gifts_refused": acks["failures"] if acks else 0,
+            "events_delivered": int(viewers.get("events", 0)),
+            "events_delivered_per_s": round(int(viewers.get("events", 0)) / duration, 2),
+            "chat_lines": (chat["count"] - chat["failures"]) if chat else 0,
         },
-        "latency_ms": {s.name: s.latency() for s in stats.values()},
-        "errors": {name: dict(codes) for name, codes in failures.items()},
-        "failures_total": sum(sum(c.values()) for c in failures.values()),
+        "viewers": {
+            "locust_workers": int(locust.get("workers", 0)),
+            "connects": connect["count"] if connect else 0,
+            "connect_failures": connect["failures"] if connect else 0,
+            **viewers,
+        },
+        "latency_ms": {r["name"]: r for r in locust.get("requests", [])},
+        "errors": {name: dict(codes) for name, codes in errors.items()},
+        "failures": locust.get("failures", []),
+        "failures_total": sum(int(f["occurrences"]) for f in locust.get("failures", [])),
         "resources": resources,
         "server_metrics": server_metrics,
         "server_side_ms": _server_side_means(server_metrics),
@@ -155,22 +168,43 @@ def _summed(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
+def _ms(value: Any) -> str:
+    return f"{float(value):g}" if value is not None else "-"
+
+
+def _viewers_line(v: dict[str, Any]) -> str:
+    return (
+        f"{v.get('viewers', 0)} welcomed, {v.get('peak_connected', 0)} connected at once at "
+        f"most, {v.get('connects', 0)} connects ({v.get('connect_failures', 0)} failed), "
+        f"{v.get('reconnects', 0)} reconnects, {v.get('gave_up', 0)} gave up"
+    )
+
+
+def _events_line(v: dict[str, Any]) -> str:
+    return (
+        f"{v.get('events', 0)} delivered in {v.get('frames', 0)} frames, every one checked by "
+        f"seq: {v.get('gaps', 0)} missing, {v.get('duplicates', 0)} duplicated"
+    )
+
+
 def render_text(summary: dict[str, Any]) -> str:
     run, through, latency = summary["run"], summary["throughput"], summary["latency_ms"]
     lines = [
         f"giftstream load run: {run.get('users')} users, {run.get('duration_s')} s, "
-        f"{run.get('server_workers')} server worker(s), {run.get('url')}",
-        f"  gifts acked    {through['gifts_acked']} ({through['gifts_acked_per_s']}/s), "
-        f"{through['gifts_refused']} refused",
-        f"  events         {through['events_delivered']} delivered "
-        f"({through['events_delivered_per_s']}/s)",
+        f"{run.get('locust_processes')}, {run.get('server_workers')} server worker(s), "
+        f"{run.get('url')}",
+        f"  gift acks      {through['gift_acks']}: {through['gifts_acked']} acked "
+        f"({through['gifts_acked_per_s']}/s), {through['gifts_refused']} refused",
+        f"  events         {_events_line(summary['viewers'])}",
+        f"  viewers        {_viewers_line(summary['viewers'])}",
     ]
     for name in ("gift ack", "broadcast", "chat", "connect"):
         if name in latency:
             s = latency[name]
             lines.append(
-                f"  {name:<14} p50 {s['p50']:g} ms  p95 {s['p95']:g} ms  p99 {s['p99']:g} ms"
-                f"  max {s['max']:g} ms  ({s['count']} samples, {s['failures']} failed)"
+                f"  {name:<14} p50 {_ms(s['p50_ms'])} ms  p95 {_ms(s['p95_ms'])} ms  "
+                f"p99 {_ms(s['p99_ms'])} ms  max {_ms(s['max_ms'])} ms  "
+                f"({s['count']} requests, {s['failures']} failed)"
             )
     server_side = summary.get("server_side_ms") or {}
     if server_side:
@@ -197,7 +231,7 @@ def render_text(summary: dict[str, Any]) -> str:
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
-    run, through = summary["run"], summary["throughput"]
+    run, through, viewers = summary["run"], summary["throughput"], summary["viewers"]
     out = [
         "# giftstream load run",
         "",
@@ -207,26 +241,28 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         "## Throughput",
         "",
-        f"- gifts acked: {through['gifts_acked']} ({through['gifts_acked_per_s']}/s), "
-        f"refused: {through['gifts_refused']}",
-        f"- gift events delivered to viewers: {through['events_delivered']} "
-        f"({through['events_delivered_per_s']}/s)",
-        f"- chat lines: {through['chat_lines']}",
+        f"- gift acks: {through['gift_acks']} requests, {through['gifts_refused']} failed: "
+        f"{through['gifts_acked']} gifts acked ({through['gifts_acked_per_s']}/s)",
+        f"- room events: {_events_line(viewers)} ({through['events_delivered_per_s']}/s)",
+        f"- chat lines seen by their senders: {through['chat_lines']}",
+        f"- viewers: {_viewers_line(viewers)}",
         "",
-        "## Latency (ms)",
+        "## Requests (as Locust's report shows them)",
         "",
-        "| request | count | failed | p50 | p95 | p99 | max |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| type | request | count | failed | p50 ms | p95 ms | p99 ms | max ms | per s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, s in summary["latency_ms"].items():
+    for s in summary["latency_ms"].values():
         out.append(
-            f"| {name} | {s['count']} | {s['failures']} | {s['p50']:g} | {s['p95']:g} "
-            f"| {s['p99']:g} | {s['max']:g} |"
+            f"| {s['type']} | {s['name']} | {s['count']} | {s['failures']} | {_ms(s['p50_ms'])} "
+            f"| {_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | {_ms(s['max_ms'])} "
+            f"| {float(s['per_s']):.2f} |"
         )
     out += [
         "",
-        "`gift ack`: a gift's send to its ack. `broadcast`: a gift's send to each viewer's "
-        "receipt of its event (senders in the Locust process). `connect`: handshake to welcome.",
+        "`gift ack`: a gift's first send to its ack. `broadcast`: a gift event's server time "
+        "to its receipt, for the viewers that time every event (a share of them; the others "
+        "only check seqs). `connect`: handshake to welcome. `connection`: closes by the server.",
         "",
         "## Errors",
         "",
@@ -251,7 +287,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out.append("")
         out.append("CPU in percent of one core, summed over the process and its children.")
     else:
-        out.append("Not sampled (an existing deployment).")
+        out.append("Not sampled.")
     if summary["server_metrics"]:
         out += ["", "## Server counters over the run (from /metrics)", ""]
         out += [f"- {name}: {value:g}" for name, value in summary["server_metrics"].items()]
@@ -265,10 +301,3 @@ def render_markdown(summary: dict[str, Any]) -> str:
     else:
         out.append(f"Not run: {audit.get('reason', '')}")
     return "\n".join(out) + "\n"
-
-
-def _float(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        return 0.0  # Locust writes "N/A" for percentiles of an empty row

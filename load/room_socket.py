@@ -1,37 +1,59 @@
-"""A viewer's WebSocket to a live room for Locust users: the blocking `websocket-client`
-socket (cooperative under Locust's gevent) and a receiver greenlet.
+"""A viewer's room socket for the Locust users: the one client's gevent twin
+(`giftstream_client.green`), its codec and its reconnect rule, in one greenlet per
+viewer that reads, resumes with `since` and reconnects by itself.
 
-Everything it measures goes through Locust's `events.request`, so Locust's statistics,
-CSV and HTML report show it, all with request_type "WS":
+What it costs a load generator is what decides how many viewers one core can watch
+with, so a watching viewer does the least that proves delivery: it reads each events
+frame's bytes for their seqs (`frames.scan_events`), checks every event arrived once and
+in order, and counts (`load.counters`); it decodes nothing, and reports nothing to
+Locust per event. A sample of viewers (`timed`) decodes every events frame and reports
+each gift event's broadcast latency. Everything else goes through Locust's
+`events.request`, so its statistics, CSV and HTML report show it, with request_type "WS":
 
-- "connect": the handshake up to the welcome frame;
-- "gift ack": a gift's send to its ack, or a failure named by the error frame's code;
+- "connect": the handshake up to the welcome frame (a failure names why);
+- "gift ack": a gift's first send to its ack, or a failure named by the error's code
+  (a gift whose connection dropped before its ack is sent again on the next one, with
+  the same request_id: never charged twice, timed from its first send);
 - "chat": a chat line's send to the sender seeing its own chat event, or its refusal;
-- "broadcast": a gift's send by any viewer of this process to this viewer's receipt of
-  the room event it became (matched through `client_sim.broadcast`; see there why
-  that is exact without anything new in the protocol);
-- "connection": a close by the server (code in the failure) — the user reconnects with
-  `since`, so it misses nothing.
+- "broadcast": for the timed viewers, each gift event's server time (`ts`) to its
+  receipt: one clock when the harness shares the server's machine, so it holds across
+  Locust workers (on other machines it is as good as their clocks' sync);
+- "connection": a close by the server (the code in the failure); the viewer comes back
+  with `since` after the rule's jittered backoff, and misses nothing.
 """
 
 from __future__ import annotations
 
-import struct
+import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 import gevent
 import orjson
-import websocket
+from gevent.event import Event
 
-from client_sim.broadcast import BroadcastTimer, SentGifts
+from giftstream_client.errors import GiftstreamError, RoomClosed
+from giftstream_client.frames import (
+    ChatRequest,
+    GiftRequest,
+    Limits,
+    SeqTracker,
+    scan_events,
+)
+from giftstream_client.green import GreenRoomConnection
+from giftstream_client.reconnect import Backoff, should_reconnect
+from giftstream_client.room import room_url
+from load.counters import ProcessCounters
 
 WS = "WS"
 ACK_TIMEOUT_S = 10.0
 OPEN_TIMEOUT_S = 10.0
+_EVENTS = b'{"type":"events"'
+_ACK = b'{"type":"ack"'
+_ERROR = b'{"type":"error"'
+
+RequestFire = Callable[..., None]
 
 
 class WsRefused(Exception):
@@ -46,10 +68,14 @@ class WsTimeout(Exception):
     """No answer in time."""
 
 
-RequestFire = Callable[..., None]
+class WsConnectFailed(Exception):
+    """The connection could not be opened; the message says why."""
 
 
 class RoomSocket:
+    """One viewer's stay in a room. `start()` spawns its greenlet (connect, read,
+    reconnect); `close()` ends it. Sending works while `connected`."""
+
     def __init__(
         self,
         *,
@@ -57,243 +83,301 @@ class RoomSocket:
         room_id: str,
         token: str | None,
         user_id: str | None,
-        timer: BroadcastTimer,
         fire: RequestFire,
-        broadcast_sample: int = 1,
+        counters: ProcessCounters,
+        timed: bool = False,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.ws_base = ws_base
         self.room_id = room_id
         self.token = token
         self.user_id = user_id
-        self.timer = timer
+        self.timed = timed
         self._fire = fire
-        self.broadcast_sample = max(1, broadcast_sample)
+        self._counters = counters
+        self.backoff = backoff or Backoff(rng=rng)
+        self.tracker = SeqTracker()
+        self.frames = 0
         self.coins = 0
-        self.last_seq: int | None = None
-        self.ended = False
-        self._ws: websocket.WebSocket | None = None
-        self._receiver: gevent.Greenlet | None = None
+        self.limits = Limits()
+        self.conn: GreenRoomConnection | None = None
+        self.final_code: int | None = None
+        self._greenlet: gevent.Greenlet[[bool], None] | None = None
+        self._ended = Event()
         self._closing = False
-        # request_id -> (sent_at, coins)
-        self._gifts: dict[str, tuple[float, int]] = {}
+        self._welcomed = False
+        # Own marker in frames: a frame holding it may hold this viewer's own events.
+        self._own = f'"user_id":"{user_id}"'.encode() if user_id else b""
+        # request_id -> (request, first sent at, coins)
+        self._gifts: dict[str, tuple[GiftRequest, float, int]] = {}
         self._chats: dict[str, float] = {}
-        self._own_gifts = SentGifts()
-        self._own_chats = SentGifts()
+        self._chat_order: list[str] = []
+
+    # --- what the counters read ---------------------------------------------------------
+
+    @property
+    def events(self) -> int:
+        return self.tracker.events
+
+    @property
+    def gaps(self) -> int:
+        return self.tracker.gaps
+
+    @property
+    def duplicates(self) -> int:
+        return self.tracker.duplicates
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
 
     @property
     def alive(self) -> bool:
-        return self._receiver is not None and not self._receiver.dead
+        """Still in the room (connected or coming back)."""
+        return not self._ended.is_set()
 
-    def open(self) -> None:
-        """Connect (with `since` after a first visit), read the welcome, start receiving.
-        Reported as "connect"; raises nothing (a failed connect is a reported failure)."""
-        query: dict[str, str | int] = {}
-        if self.token:
-            query["token"] = self.token
-        if self.last_seq is not None:
-            query["since"] = self.last_seq
-        url = f"{self.ws_base}/ws/rooms/{self.room_id}" + ("?" + urlencode(query) if query else "")
+    # --- connecting, and reading from the event loop ---------------------------------
+
+    def start(self) -> None:
+        """Join the room: a greenlet connects (and reconnects after each close, by the
+        rule's backoff); once welcomed, gevent's event loop hands each frame to this
+        socket directly (`GreenRoomConnection.read_with`), with no greenlet waiting."""
+        self._counters.add(self)
+        self._greenlet = gevent.spawn(self._connect, False)
+
+    def _connect(self, failed: bool) -> None:
+        while not self._closing:
+            if failed:
+                pause = self.backoff.failed()
+                if pause is None:
+                    self._counters.gave_up()
+                    self._ended.set()
+                    return
+                gevent.sleep(pause)
+                if self._closing:
+                    break
+            conn = self._open()
+            if conn is not None:
+                if self._closing:
+                    conn.abort()
+                    break
+                self.conn = conn
+                # Gifts whose ack the last connection took with it: the same frames again.
+                for request, _, _ in list(self._gifts.values()):
+                    try:
+                        conn.send(request)
+                    except RoomClosed:
+                        break
+                conn.read_with(self._on_frame, self._on_end)
+                return
+            failed = True
+        self._ended.set()
+
+    def _open(self) -> GreenRoomConnection | None:
+        url = room_url(self.ws_base, self.room_id, token=self.token, since=self.tracker.since)
         started = time.perf_counter()
         try:
-            ws = websocket.create_connection(
-                # orjson checks the UTF-8 anyway, far faster than websocket-client would.
-                url,
-                timeout=OPEN_TIMEOUT_S,
-                enable_multithread=True,
-                skip_utf8_validation=True,
-            )
-            opcode, frame = ws.recv_data_frame(True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                ws.shutdown()
-                raise WsClosed(str(_close_code(frame.data)))
-            welcome = orjson.loads(frame.data)
-            if welcome.get("type") != "welcome":
-                ws.shutdown()
-                raise WsClosed("no welcome")
-        except Exception as exc:  # every failure is a reported request, never a crash
-            self._report("connect", started, exception=exc)
-            return
-        ws.settimeout(None)
+            conn = GreenRoomConnection.open(url, timeout_s=OPEN_TIMEOUT_S)
+        except RoomClosed as exc:
+            self._report("connect", started, exception=WsClosed(str(exc.code)))
+            if not should_reconnect(exc.code):
+                self.final_code = exc.code
+                self._closing = True
+            return None
+        except GiftstreamError as exc:
+            self._report("connect", started, exception=WsConnectFailed(_reason(exc)))
+            return None
         self._report("connect", started)
-        if self.last_seq is None:
-            self.last_seq = int(welcome.get("seq", 0))
-        you = welcome.get("you")
-        if isinstance(you, dict):
-            self.coins = int(you.get("coins", 0))
-        self._ws = ws
-        self._closing = False
-        self._receiver = gevent.spawn(self._receive, ws)
+        welcome = conn.welcome
+        assert welcome is not None
+        self.backoff.succeeded()
+        self.tracker.welcome(welcome.seq)
+        self.limits = welcome.limits
+        if welcome.you is not None:
+            self.coins = welcome.you.coins - sum(c for _, _, c in self._gifts.values())
+        if self._welcomed:
+            self._counters.reconnected()
+        else:
+            self._welcomed = True
+            self._counters.welcomed()
+        return conn
 
-    def close(self) -> None:
-        """Close: a close frame, a short wait for the server's, then the socket."""
-        ws, receiver = self._ws, self._receiver
-        self._ws = None
-        self._closing = True
-        if ws is None:
+    def _on_end(self, code: int) -> None:
+        """The connection ended (called from the event loop: must not block)."""
+        self.conn = None
+        if self._closing:
+            self._ended.set()
             return
-        try:
-            ws.send_close()
-        except Exception:
-            pass
-        if receiver is not None:
-            receiver.join(timeout=2.0)
-            receiver.kill(block=False)
-        ws.shutdown()
-        self._gifts.clear()
-        self._chats.clear()
-
-    # --- sending ----------------------------------------------------------------------
-
-    def send_gift(self, gift_id: str, count: int, coins: int) -> None:
-        ws = self._ws
-        if ws is None:
+        self._counters.closed(code)
+        self._report("connection", time.perf_counter(), exception=WsClosed(str(code)))
+        if not should_reconnect(code):
+            self.final_code = code
+            self._ended.set()
             return
+        self._greenlet = gevent.spawn(self._connect, True)
+
+    def _on_frame(self, data: bytes) -> None:
+        """One frame (called from the event loop: must not block)."""
+        if data.startswith(_EVENTS):
+            self.frames += 1
+            if self.timed:
+                self._timed_events(data)
+                return
+            scan = scan_events(data)
+            if scan is not None:
+                self.tracker.accept_scan(scan)
+            if self._own and self._own in data:
+                self._own_events(data)
+        elif self._gifts or self._chats:
+            if data.startswith(_ACK):
+                self._on_ack(data)
+            elif data.startswith(_ERROR):
+                self._on_error(data)
+
+    def _timed_events(self, data: bytes) -> None:
+        now_ms = time.time() * 1000.0
+        tracker = self.tracker
+        for event in orjson.loads(data)["events"]:
+            if not tracker.accept(int(event["seq"])):
+                continue
+            kind = event.get("kind")
+            if kind == "gift":
+                self._report_latency("broadcast", (now_ms - int(event.get("ts", now_ms))))
+            if self._chats and kind == "chat":
+                self._own_chat(event)
+
+    def _own_events(self, data: bytes) -> None:
+        if not self._chats:
+            return
+        for event in orjson.loads(data)["events"]:
+            if event.get("kind") == "chat":
+                self._own_chat(event)
+
+    def _own_chat(self, event: dict[str, Any]) -> None:
+        sender = event.get("from") or {}
+        if sender.get("user_id") != self.user_id:
+            return
+        # The server serves one connection's frames in order: its own chat events come
+        # in the order it sent the lines that were not refused.
+        while self._chat_order:
+            request_id = self._chat_order.pop(0)
+            sent_at = self._chats.pop(request_id, None)
+            if sent_at is not None:
+                self._report("chat", sent_at)
+                return
+
+    def _on_ack(self, data: bytes) -> None:
+        frame = orjson.loads(data)
+        sent = self._gifts.pop(str(frame.get("request_id")), None)
+        if sent is None:
+            return
+        self.coins = int(frame["coins"]) - sum(c for _, _, c in self._gifts.values())
+        self._report("gift ack", sent[1], size=len(data))
+
+    def _on_error(self, data: bytes) -> None:
+        frame = orjson.loads(data)
+        request_id = frame.get("request_id")
+        refusal = WsRefused(str(frame.get("code")))
+        if request_id in self._gifts:
+            _, sent_at, coins = self._gifts.pop(request_id)
+            self.coins += coins
+            self._report("gift ack", sent_at, exception=refusal)
+        elif request_id in self._chats:
+            self._report("chat", self._chats.pop(request_id), exception=refusal)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def send_gift(self, gift_id: str, count: int, coins: int) -> bool:
+        """Send a gift (its ack is reported when it comes); False when not connected."""
+        conn = self.conn
+        if conn is None:
+            return False
         self._expire_unanswered()
-        request_id = uuid.uuid4().hex
-        data = orjson.dumps(
-            {"type": "gift", "request_id": request_id, "gift_id": gift_id, "count": count}
-        ).decode()
-        sent_at = time.perf_counter()
-        self._gifts[request_id] = (sent_at, coins)
-        self._own_gifts.sent(request_id, sent_at)
+        request = GiftRequest(gift_id, count)
+        self._gifts[request.request_id] = (request, time.perf_counter(), coins)
         self.coins -= coins
-        ws.send(data)
+        try:
+            conn.send(request)
+        except RoomClosed:
+            pass  # sent again on the next connection
+        return True
 
-    def send_chat(self, text: str) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        request_id = uuid.uuid4().hex
-        data = orjson.dumps({"type": "chat", "request_id": request_id, "text": text}).decode()
-        sent_at = time.perf_counter()
-        self._chats[request_id] = sent_at
-        self._own_chats.sent(request_id, sent_at)
-        ws.send(data)
+    def send_chat(self, text: str) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        request = ChatRequest(text)
+        self._chats[request.request_id] = time.perf_counter()
+        self._chat_order.append(request.request_id)
+        try:
+            conn.send(request)
+        except RoomClosed:
+            self._chats.pop(request.request_id, None)
+            return False
+        return True
 
     def _expire_unanswered(self) -> None:
         cutoff = time.perf_counter() - ACK_TIMEOUT_S
-        for request_id, (sent_at, _) in list(self._gifts.items()):
+        for request_id, (_, sent_at, coins) in list(self._gifts.items()):
             if sent_at < cutoff:
                 del self._gifts[request_id]
-                self._own_gifts.refused(request_id)
+                self.coins += coins
                 self._report("gift ack", sent_at, exception=WsTimeout("no ack"))
         for request_id, sent_at in list(self._chats.items()):
             if sent_at < cutoff:
                 del self._chats[request_id]
+                self._report("chat", sent_at, exception=WsTimeout("no chat event"))
+        if len(self._chat_order) > 100:
+            self._chat_order = [r for r in self._chat_order if r in self._chats]
 
-    # --- receiving --------------------------------------------------------------------
+    # --- leaving --------------------------------------------------------------------------
 
-    def _receive(self, ws: websocket.WebSocket) -> None:
-        code = 1006
-        try:
-            while True:
-                opcode, frame = ws.recv_data_frame(True)
-                at = time.perf_counter()
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    self._on_frame(orjson.loads(frame.data), at, len(frame.data))
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = _close_code(frame.data)
-                    break
-        except Exception:
-            pass  # the connection is gone; the code says how, below
-        if not self._closing and not self.ended:
-            self._fire(
-                request_type=WS,
-                name="connection",
-                response_time=0,
-                response_length=0,
-                exception=WsClosed(str(code)),
-                context={},
-            )
-            self._ws = None
-            self._gifts.clear()
-            self._own_gifts.clear()
-            self._chats.clear()
-            self._own_chats.clear()
+    def close(self, *, timeout_s: float = 2.0) -> None:
+        """Leave: a close frame, a short wait for the server's reply and the end, then
+        the socket is gone. What is still unanswered is not reported."""
+        self._closing = True
+        conn, greenlet = self.conn, self._greenlet
+        if greenlet is not None and not greenlet.dead:
+            greenlet.kill(block=True, timeout=1.0)  # a connect in progress
+        if conn is not None:
+            try:
+                conn.start_close()
+            except OSError:
+                pass
+            self._ended.wait(timeout_s)
+            conn.abort()
+        self._ended.set()
+        self.conn = None
+        self._gifts.clear()
+        self._chats.clear()
+        self._counters.retire(self)
 
-    def _on_frame(self, frame: dict[str, Any], at: float, size: int) -> None:
-        kind = frame.get("type")
-        if kind == "events":
-            for event in frame.get("events", ()):
-                self._on_event(event, at)
-        elif kind == "ack":
-            sent = self._gifts.pop(str(frame.get("request_id")), None)
-            if sent is not None:
-                self.coins = int(frame["coins"]) - sum(c for _, c in self._gifts.values())
-                self._report("gift ack", sent[0], at=at, size=size)
-        elif kind == "error":
-            request_id = frame.get("request_id")
-            refusal = WsRefused(str(frame.get("code")))
-            if request_id in self._gifts:
-                sent_at, coins = self._gifts.pop(request_id)
-                self.coins += coins
-                self._own_gifts.refused(request_id)
-                self._report("gift ack", sent_at, at=at, exception=refusal)
-            elif request_id in self._chats:
-                sent_at = self._chats.pop(request_id)
-                self._own_chats.refused(request_id)
-                self._report("chat", sent_at, at=at, exception=refusal)
-
-    def _on_event(self, event: dict[str, Any], at: float) -> None:
-        seq = int(event["seq"])
-        if self.last_seq is not None and seq <= self.last_seq:
-            return  # already seen (cannot happen by the contract; never counted twice)
-        self.last_seq = seq
-        kind = event.get("kind")
-        own = self.user_id is not None and (event.get("from") or {}).get("user_id") == (
-            self.user_id
-        )
-        if kind == "gift":
-            if own:
-                sent = self._own_gifts.own_event()
-                if sent is not None:
-                    for earlier in self.timer.sent(self.room_id, seq, sent[1], at):
-                        self._report_latency("broadcast", earlier)
-            if seq % self.broadcast_sample == 0:
-                latency = self.timer.received(self.room_id, seq, at)
-                if latency is not None:
-                    self._report_latency("broadcast", latency)
-        elif kind == "chat" and own:
-            sent = self._own_chats.own_event()
-            if sent is not None:
-                self._chats.pop(sent[0], None)
-                self._report("chat", sent[1], at=at)
-        elif kind == "room_ended":
-            self.ended = True
-
-    # --- reporting --------------------------------------------------------------------
+    # --- reporting ------------------------------------------------------------------------
 
     def _report(
-        self,
-        name: str,
-        started: float,
-        *,
-        at: float | None = None,
-        size: int = 0,
-        exception: Exception | None = None,
+        self, name: str, started: float, *, size: int = 0, exception: Exception | None = None
     ) -> None:
-        end = time.perf_counter() if at is None else at
         self._fire(
             request_type=WS,
             name=name,
-            response_time=(end - started) * 1000.0,
+            response_time=(time.perf_counter() - started) * 1000.0,
             response_length=size,
             exception=exception,
             context={},
         )
 
-    def _report_latency(self, name: str, seconds: float) -> None:
+    def _report_latency(self, name: str, ms: float) -> None:
         self._fire(
             request_type=WS,
             name=name,
-            response_time=seconds * 1000.0,
+            response_time=max(0.0, ms),
             response_length=0,
             exception=None,
             context={},
         )
 
 
-def _close_code(data: bytes) -> int:
-    if len(data) >= 2:
-        return int(struct.unpack("!H", data[:2])[0])
-    return 1005
+def _reason(exc: GiftstreamError) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc)

@@ -1,13 +1,20 @@
 """`python -m load.run`: one load test of giftstream, from start to report.
 
-    python -m load.run --users 200 --spawn-rate 20 --duration 60 --workers 2
+    python -m load.run --users 200 --spawn-rate 20 --duration 60 --workers 2 --processes 2
 
 With no --url it starts an embedded Redis and the server (`python -m server`, with
-GS_WORKERS server processes) on 127.0.0.1, waits for /healthz, runs Locust headless
-(load/locustfile.py) while sampling the server's and Redis's CPU and memory, stops the
-server, runs the conservation audit (`python -m server.audit`) on the store, writes
-summary.json and summary.md (and Locust's HTML report and CSV) to --out, prints the
-summary, stops everything it started, and exits 1 when the audit finds a breach.
+--workers server processes) on 127.0.0.1, waits for /healthz, runs Locust headless
+(load/locustfile.py) while sampling the CPU and memory of the server, Redis and every
+Locust process, stops the server, runs the conservation audit (`python -m server.audit`)
+on the store, writes summary.json and summary.md (and Locust's HTML report and CSV) to
+--out, prints the summary, stops everything it started, and exits 1 when the audit
+finds a breach.
+
+Locust runs as one process, or with --processes N as a master and N worker processes
+(one core each); with --remote-workers M the master also waits for M workers from other
+machines (`locust -f load/locustfile.py --worker --master-host THIS_HOST --master-port
+PORT`, see the README). The rooms are opened once, by the master, and handed to the
+workers.
 
 With --url it loads that deployment instead and starts nothing; it audits only when
 --redis-url is given. Everything is bounded: the users, the run time, and every wait.
@@ -27,14 +34,20 @@ from typing import Any
 
 import httpx
 
-from load.report import build_summary, read_failures, read_stats, render_markdown, render_text
+from giftstream_client.errors import GiftstreamError
+from load.report import build_summary, render_markdown, render_text
 from load.resources import ResourceSampler
+from load.rooms import end_rooms, open_rooms
 from server.child import ServerProcess, ServerStartError
+from server.embedded import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-MAX_USERS = 20_000
+MAX_USERS = 50_000
 MAX_DURATION_S = 3600
+MAX_PROCESSES = 256
+# How long the master waits for its workers to connect before it gives up.
+WORKERS_WAIT_S = 60
 # Server counters worth a delta over the run (Prometheus names, all labels summed apart).
 SERVER_COUNTERS = (
     "giftstream_gifts_total",
@@ -59,6 +72,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--spawn-rate", type=float, default=20, help="users started per second")
     p.add_argument("--duration", type=int, default=30, help="seconds of load (default 30)")
     p.add_argument("--workers", type=int, default=1, help="server processes (GS_WORKERS)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="Locust worker processes under a master (-1: one per core; default 0: "
+        "Locust runs as one process)",
+    )
+    p.add_argument(
+        "--remote-workers",
+        type=int,
+        default=0,
+        help="workers from other machines the master waits for as well (see the README)",
+    )
+    p.add_argument(
+        "--master-bind-host",
+        default="127.0.0.1",
+        help="where the master listens for workers (0.0.0.0 for remote workers)",
+    )
+    p.add_argument(
+        "--master-port", type=int, help="the master's port for workers (default: a free one)"
+    )
     p.add_argument("--url", help="an existing deployment to load (then nothing is started)")
     p.add_argument("--redis-url", help="with --url: its Redis, to audit after the run")
     p.add_argument("--out", type=Path, help="report folder (default reports/load-<time>)")
@@ -71,7 +105,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--package", default="p10000", help="coin package gifting users buy")
     p.add_argument(
-        "--broadcast-sample", type=int, default=1, help="time one gift event in N per viewer"
+        "--timed-share",
+        type=float,
+        default=0.05,
+        help="share of viewers that time every event (broadcast latency); the others only "
+        "check seqs (default 0.05)",
     )
     p.add_argument(
         "--server-env",
@@ -93,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = _run(args, out.resolve())
-    except (ServerStartError, OSError, RuntimeError) as exc:
+    except (ServerStartError, OSError, RuntimeError, GiftstreamError) as exc:
         print(f"load.run: {exc}", file=sys.stderr)
         return 2
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -113,6 +151,18 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--spawn-rate must be positive"
     if args.workers < 1:
         return "--workers must be at least 1"
+    if args.processes == -1:
+        args.processes = os.cpu_count() or 1
+    if not 0 <= args.processes <= MAX_PROCESSES:
+        return f"--processes must be -1 or 0..{MAX_PROCESSES}"
+    if not 0 <= args.remote_workers <= MAX_PROCESSES:
+        return f"--remote-workers must be 0..{MAX_PROCESSES}"
+    if args.remote_workers and args.master_port is None:
+        return "--remote-workers needs --master-port (the port the remote workers dial)"
+    if args.remote_workers and args.master_bind_host in ("127.0.0.1", "localhost", "::1"):
+        return "--remote-workers needs --master-bind-host 0.0.0.0 (or this machine's address)"
+    if not 0 <= args.timed_share <= 1:
+        return "--timed-share must be 0..1"
     if args.redis_url and not args.url:
         return "--redis-url goes with --url (without --url, Redis is started here)"
     if args.server_env and args.url:
@@ -151,10 +201,16 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             redis_url = args.redis_url
             _check_alive(url)
         stack.callback(sampler.stop)
+        # Opened here, before Locust starts (Locust's run time would count the setup),
+        # handed to its master, which hands them to the workers; ended once Locust is done.
+        rooms = open_rooms(url, args.rooms)
         sampler.start()
         before = _scrape(url)
         started = time.time()
-        locust_rc = _locust(args, url, out, sampler)
+        try:
+            locust_rc = _locust(args, url, out, sampler, rooms.room_ids)
+        finally:
+            end_rooms(url, rooms)
         elapsed = time.time() - started
         sampler.stop()
         after = _scrape(url)
@@ -164,12 +220,12 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             time.sleep(3.0)  # a deployment keeps running: give gifts in flight a moment
         audit = _audit(redis_url)
     sampler.write_csv(out / "resources.csv")
-    stats_path = out / "locust_stats.csv"
     run_info = {
         "users": args.users,
         "spawn_rate": args.spawn_rate,
         "duration_s": args.duration,
         "wall_s": round(elapsed, 1),
+        "locust_processes": _processes_label(args),
         "server_workers": args.workers if args.url is None else "n/a (--url)",
         "url": url,
         "rooms": args.rooms,
@@ -177,17 +233,17 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "gift_rate_per_user": args.gift_rate,
         "chat_rate_per_user": args.chat_rate,
         "anonymous_share": args.anonymous_share,
+        "timed_share": args.timed_share,
         "locust_exit_code": locust_rc,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "cpus": os.cpu_count(),
     }
-    if not stats_path.exists():
-        raise RuntimeError(f"Locust wrote no statistics; see {out}/locust.log")
+    report_path = out / "locust.json"
+    if not report_path.exists():
+        raise RuntimeError(f"Locust wrote no report; see {out}/locust.log")
     return build_summary(
         run=run_info,
-        stats=read_stats(stats_path),
-        failures=read_failures(out / "locust_failures.csv"),
-        broadcast_sample=max(1, args.broadcast_sample),
+        locust=json.loads(report_path.read_text()),
         resources=sampler.summary(),
         server_metrics={
             k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)
@@ -196,10 +252,20 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
 
 
-def _locust(args: argparse.Namespace, url: str, out: Path, sampler: ResourceSampler) -> int:
-    command = [
-        sys.executable, "-m", "locust",
-        "-f", str(LOCUSTFILE),
+def _processes_label(args: argparse.Namespace) -> str:
+    if not args.processes and not args.remote_workers:
+        return "one Locust process"
+    remote = f" + {args.remote_workers} remote" if args.remote_workers else ""
+    return f"Locust master + {args.processes} worker(s){remote}"
+
+
+def locust_commands(
+    args: argparse.Namespace, url: str, out: Path, room_ids: list[str]
+) -> list[list[str]]:
+    """The Locust processes to start: one, or a master and its local workers."""
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    master = [
+        *base,
         "--headless",
         "-u", str(args.users),
         "-r", str(args.spawn_rate),
@@ -209,49 +275,85 @@ def _locust(args: argparse.Namespace, url: str, out: Path, sampler: ResourceSamp
         "--csv", str(out / "locust"),
         "--only-summary",
         "--stop-timeout", "0",
-        "--gs-rooms", str(args.rooms),
+        "--gs-room-ids", ",".join(room_ids),
         "--gs-zipf", str(args.zipf),
         "--gs-gift-rate", str(args.gift_rate),
         "--gs-chat-rate", str(args.chat_rate),
         "--gs-anonymous-share", str(args.anonymous_share),
         "--gs-package", args.package,
-        "--gs-broadcast-sample", str(args.broadcast_sample),
+        "--gs-timed-share", str(args.timed_share),
+        "--gs-report", str(out / "locust.json"),
     ]  # fmt: skip
+    if not args.processes and not args.remote_workers:
+        return [master]
+    port = args.master_port or free_port()
+    master += [
+        "--master",
+        "--master-bind-host", args.master_bind_host,
+        "--master-bind-port", str(port),
+        "--expect-workers", str(args.processes + args.remote_workers),
+        "--expect-workers-max-wait", str(WORKERS_WAIT_S),
+    ]  # fmt: skip
+    worker = [*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
+    return [master] + [list(worker) for _ in range(args.processes)]
+
+
+def _locust(
+    args: argparse.Namespace, url: str, out: Path, sampler: ResourceSampler, room_ids: list[str]
+) -> int:
+    commands = locust_commands(args, url, out, room_ids)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    # Spawning, the run, and Locust's own shutdown; past this it is stopped.
-    limit = args.duration + args.users / args.spawn_rate + 60
+    # Waiting for workers, spawning, the run, and Locust's own shutdown; past this it is
+    # stopped.
+    limit = (
+        args.duration
+        + args.users / args.spawn_rate
+        + 60
+        + (WORKERS_WAIT_S if len(commands) > 1 else 0)
+    )
     print(
-        f"load.run: Locust, {args.users} users at {args.spawn_rate}/s for {args.duration} s "
-        f"against {url} ...",
+        f"load.run: Locust ({_processes_label(args)}), {args.users} users at "
+        f"{args.spawn_rate}/s for {args.duration} s against {url} ...",
         flush=True,
     )
-    with (out / "locust.log").open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        sampler.watch("locust", proc.pid)
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as logs:
         try:
-            return proc.wait(limit)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
+            for i, command in enumerate(commands):
+                name = "locust" if i == 0 else f"locust-worker-{i}"
+                log = logs.enter_context((out / f"{name}.log").open("wb"))
+                proc = subprocess.Popen(
+                    command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                procs.append(proc)
+                label = "locust" if len(commands) == 1 else (
+                    "locust master" if i == 0 else f"locust worker {i}"
+                )  # fmt: skip
+                sampler.watch(label, proc.pid)
+            master = procs[0]
             try:
-                proc.wait(10)
+                return master.wait(limit)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            return -1
+                return -1
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            # The workers leave when the master quits; whoever is left is stopped here.
+            deadline = time.monotonic() + 15
+            for proc in procs:
+                if proc is procs[0] and proc.poll() is None:
+                    proc.terminate()
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
 
 
 def _check_alive(url: str) -> None:

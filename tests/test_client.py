@@ -262,6 +262,31 @@ async def test_a_final_close_ends_the_session_without_retrying(live_server: Live
         await session.gift("rose")
 
 
+def test_the_gevent_twin_reads_server_frames_in_place() -> None:
+    from giftstream_client.green import OP_CLOSE, OP_PING, OP_TEXT, ServerFrames
+
+    def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+        n = len(payload)
+        size = bytes([n]) if n < 126 else (bytes([126]) + n.to_bytes(2, "big") if n < 65536
+                                           else bytes([127]) + n.to_bytes(8, "big"))  # fmt: skip
+        return bytes([(0x80 if fin else 0) | opcode]) + size + payload
+
+    reader = ServerFrames()
+    big = b"x" * 70000
+    stream = frame(OP_TEXT, b"hello") + frame(OP_TEXT, big) + frame(OP_PING, b"p")
+    stream += frame(OP_TEXT, b"par", fin=False) + frame(0, b"ts") + frame(OP_CLOSE, b"\x03\xe8")
+    # Byte by byte or all at once, the same messages come out.
+    one_by_one = [m for i in range(len(stream)) for m in reader.feed(stream[i : i + 1])]
+    assert one_by_one == ServerFrames().feed(stream) == [
+        (OP_TEXT, b"hello"), (OP_TEXT, big), (OP_PING, b"p"), (OP_TEXT, b"parts"),
+        (OP_CLOSE, b"\x03\xe8"),
+    ]  # fmt: skip
+    with pytest.raises(errors.ProtocolError):
+        ServerFrames().feed(bytes([0x81, 0x81, 1, 2, 3, 4, 5]))  # masked: a client's frame
+    with pytest.raises(errors.ProtocolError):
+        ServerFrames(max_size=10).feed(frame(OP_TEXT, b"y" * 11))
+
+
 def test_the_gevent_twin_speaks_the_same_protocol(server_url: str, live_server: LiveServer) -> None:
     """The socket the Locust users use: welcomed, gifts acked, events scanned by seq,
     refusals closed with the same codes. gevent runs here without monkey-patching."""
