@@ -107,9 +107,6 @@ class DirectSocket:
             transport.write(frame.wire)
         return True
 
-    def unsent_bytes(self) -> int:
-        return self._protocol.transport.get_write_buffer_size()
-
     def abort_after(self, delay_s: float) -> None:
         """Reset the connection unless it has closed within `delay_s`: for a peer that
         reads nothing, a close frame queued behind what it has not read would never reach

@@ -42,12 +42,14 @@ from server.store.channels import RoomChannels
 from server.store.connection import Client
 from server.store.keys import RoomKeys
 from server.store.rooms import RoomStore
-from server.viewers import DirectViewer, QueuedViewer, Viewer
+from server.viewers import CLOSE_TOO_SLOW, TOO_SLOW, DirectViewer, QueuedViewer, Viewer
 
 log = logging.getLogger(__name__)
 
 # How far back a flush counts a room as busy, when the fan-out's share is divided.
 _ACTIVE_S = 1.0
+CLOSE_FEED_LOST = 1013
+FEED_LOST = "the live feed is unavailable; reconnect with since=<seq>"
 
 
 class LocalRoom:
@@ -66,6 +68,8 @@ class LocalRoom:
         # The batch of the flush being written (the next one waits for it).
         self.writing: Batch | None = None
         self.lost_count = 0
+        # When its subscription was lost, until the missed events are read back.
+        self.lost_at: float | None = None
         self.recovery: asyncio.Task[None] | None = None
         self.live = True
 
@@ -209,6 +213,8 @@ class RoomHub:
                 tg.create_task(self._channels.run(), name="hub-channels")
                 tg.create_task(self._presence.run(), name="hub-presence")
                 tg.create_task(self._loop_lag.run(), name="hub-loop-lag")
+                if self._settings.feed_lost_close_s > 0:
+                    tg.create_task(self._watch_feeds(), name="hub-feeds")
         finally:
             self._broadcaster.close()
             for task in list(self._tasks):
@@ -311,10 +317,31 @@ class RoomHub:
         return {room.room_id for room in self._rooms.values()}
 
     def drop_slow(self, room: LocalRoom, viewer: Viewer) -> None:
-        """Out of the room, told to close as too slow."""
-        viewer.overflow()
+        """Out of the room, told to close as too slow (1008)."""
         metrics.SLOW_READERS_CLOSED.inc()
+        self._drop(room, viewer, CLOSE_TOO_SLOW, TOO_SLOW)
+
+    def _drop(self, room: LocalRoom, viewer: Viewer, code: int, reason: str) -> None:
+        viewer.close(code, reason)
         self.leave(room.room_id, viewer)
+
+    async def close_all(
+        self, code: int, reason: str, *, batch: int = 500, pause_s: float = 0.05
+    ) -> int:
+        """Ask every local viewer's socket to close with `code` (1012 when the server
+        stops), `batch` of them at a time with `pause_s` between batches, so their
+        reconnects elsewhere come spread out. Returns how many were asked. Viewers that
+        join meanwhile are not (call it once no new sockets are accepted)."""
+        asked = 0
+        for room in list(self._rooms.values()):
+            for viewer in list(room.viewers):
+                if viewer not in room.viewers:
+                    continue
+                self._drop(room, viewer, code, reason)
+                asked += 1
+                if asked % batch == 0 and pause_s > 0:
+                    await asyncio.sleep(pause_s)
+        return asked
 
     # --- events -----------------------------------------------------------------------
 
@@ -402,6 +429,8 @@ class RoomHub:
         for room in self._rooms.values():
             room.sequence.recovering = True
             room.lost_count += 1
+            if room.lost_at is None:
+                room.lost_at = loop.time()
             if room.ready.done():
                 room.ready = loop.create_future()
 
@@ -450,8 +479,31 @@ class RoomHub:
                 if not self._channels.is_subscribed(room.channel):
                     return
             room.sequence.recovering = False
+            room.lost_at = None
             if not room.ready.done():
                 room.ready.set_result(None)
             self._schedule(room)
         finally:
             room.recovery = None
+
+    async def _watch_feeds(self) -> None:
+        """Close the viewers of a room whose feed has been lost (its subscription gone,
+        its missed events not read back) for `feed_lost_close_s`, with 1013: a host cut
+        off from Redis should send its viewers to reconnect elsewhere, not keep them
+        watching nothing."""
+        limit = self._settings.feed_lost_close_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, limit / 2))
+            now = loop.time()
+            for room in list(self._rooms.values()):
+                if room.lost_at is None or now - room.lost_at < limit:
+                    continue
+                log.warning(
+                    "room %s: live feed lost for %.0f s; closing its %d local viewers (1013)",
+                    room.room_id,
+                    now - room.lost_at,
+                    len(room.viewers),
+                )
+                for viewer in list(room.viewers):
+                    self._drop(room, viewer, CLOSE_FEED_LOST, FEED_LOST)

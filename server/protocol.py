@@ -183,6 +183,7 @@ def welcome_frame(
     top: Sequence[Mapping[str, Any]],
     you: Mapping[str, Any] | None,
     recovered: bool,
+    limits: Mapping[str, int | float],
 ) -> bytes:
     return encode(
         {
@@ -193,6 +194,7 @@ def welcome_frame(
             "top": top,
             "you": you,
             "recovered": recovered,
+            "limits": limits,
         }
     )
 

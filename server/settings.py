@@ -102,6 +102,9 @@ class Settings:
     # A socket that has held more than 64 KiB unsent for this long is a stalled reader:
     # closed (1008) long before a ping goes unanswered (0: only the byte bound).
     stalled_reader_s: float = 5.0
+    # A room whose live feed (its subscription) has been lost this long closes its local
+    # viewers with 1013, so they reconnect elsewhere (0: never).
+    feed_lost_close_s: float = 10.0
     max_frame_bytes: int = 64 * 1024
     history_events: int = 1000
     presence_ttl_s: int = 10
@@ -177,6 +180,7 @@ class Settings:
             slow_close_timeout_s=_float(env, "GS_SLOW_CLOSE_TIMEOUT_S", d.slow_close_timeout_s),
             socket_sndbuf_bytes=_int(env, "GS_SOCKET_SNDBUF_BYTES", d.socket_sndbuf_bytes),
             stalled_reader_s=_float(env, "GS_STALLED_READER_S", d.stalled_reader_s),
+            feed_lost_close_s=_float(env, "GS_FEED_LOST_CLOSE_S", d.feed_lost_close_s),
             max_frame_bytes=_int(env, "GS_MAX_FRAME_BYTES", d.max_frame_bytes, minimum=256),
             history_events=_int(env, "GS_HISTORY_EVENTS", d.history_events, minimum=1),
             presence_ttl_s=_int(env, "GS_PRESENCE_TTL_S", d.presence_ttl_s, minimum=2),

@@ -1,9 +1,10 @@
 """Per-socket writers: a viewer is one local socket in one room, as the hub sees it.
 
 `offer` hands a viewer a frame without waiting. Each socket's unsent bytes are bounded
-(`limit_bytes`): a frame offered past that is refused, `overflowed` is set, `on_overflow`
-is called (once), and the socket must then be closed (1008); the hub has already stopped
-offering to it.
+(`limit_bytes`): a frame offered past that is refused and the viewer is to be closed as
+too slow (1008). The hub asks a viewer to close (`close(code, reason)`: too slow, its
+room's feed lost, the server draining); `closing` then says why, `on_close` tells the
+socket's session (once), and nothing more is offered to it.
 
 Two kinds: `DirectViewer` writes straight into the socket's transport (`server.direct`),
 whose write buffer is its bounded queue; `QueuedViewer` queues frames, bounded by their
@@ -19,22 +20,32 @@ from server.direct import DirectSocket
 from server.protocol import Outgoing
 from server.sequencing import ViewerOrder
 
+CLOSE_TOO_SLOW = 1008
+TOO_SLOW = "too slow: reconnect with since=<seq>"
+
 
 class Viewer(ViewerOrder):
     # Slots and a callback rather than an asyncio.Event: a viewer is kept per socket, and
     # every byte of it counts at thousands of sockets a process.
-    __slots__ = ("user_id", "overflowed", "on_overflow", "_limit")
+    __slots__ = ("user_id", "closing", "on_close", "_limit")
 
     def __init__(self, *, user_id: str | None, limit_bytes: int) -> None:
         super().__init__()
         self.user_id = user_id
-        self.overflowed = False
-        self.on_overflow: Callable[[], object] | None = None
+        # Why the hub wants this socket closed: (code, reason); None while it is served.
+        self.closing: tuple[int, str] | None = None
+        self.on_close: Callable[[], object] | None = None
         self._limit = limit_bytes
 
+    @property
+    def overflowed(self) -> bool:
+        """Closed, or to be closed, as too slow (1008)."""
+        return self.closing is not None and self.closing[0] == CLOSE_TOO_SLOW
+
     def offer(self, frame: Outgoing) -> bool:
-        """Pass `frame` on without waiting; False (and `overflowed` set) if it did not fit."""
-        if self.overflowed:
+        """Pass `frame` on without waiting; False if it did not fit (the viewer is then
+        to be closed as too slow) or the viewer is to be closed already."""
+        if self.closing is not None:
             return False
         if self._put(frame):
             return True
@@ -42,10 +53,15 @@ class Viewer(ViewerOrder):
         return False
 
     def overflow(self) -> None:
-        if not self.overflowed:
-            self.overflowed = True
-            if self.on_overflow is not None:
-                self.on_overflow()
+        self.close(CLOSE_TOO_SLOW, TOO_SLOW)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask for the socket to be closed with `code` (the first ask wins); nothing more
+        is offered to it. `on_close` tells its session."""
+        if self.closing is None:
+            self.closing = (code, reason)
+            if self.on_close is not None:
+                self.on_close()
 
     def _put(self, frame: Outgoing) -> bool:
         raise NotImplementedError

@@ -42,6 +42,7 @@ from server.protocol import (
 )
 from server.room_commands import LiveRoom, RoomCommands
 from server.services import Services
+from server.settings import Settings
 from server.store.cancellation import reraise_lost_cancellation
 from server.store.connection import is_store_error
 from server.store.wallets import Profile
@@ -49,12 +50,27 @@ from server.viewers import DirectViewer, QueuedViewer, Viewer
 
 log = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 HISTORY_FRAME_EVENTS = 200
 _SINCE = re.compile(r"^[0-9]{1,18}$")
 _PEER_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
+
+
+def welcome_limits(settings: Settings) -> dict[str, int | float]:
+    """The rate and size limits a client must keep to, as the welcome tells them (so
+    clients read them from the server rather than copying its defaults)."""
+
+    def number(value: float) -> int | float:
+        return int(value) if float(value).is_integer() else value
+
+    return {
+        "gift_per_s": number(settings.gift_rate_per_s),
+        "gift_burst": settings.gift_burst,
+        "chat_per_s": number(settings.chat_rate_per_s),
+        "chat_burst": settings.chat_burst,
+        "max_frame_bytes": settings.max_frame_bytes,
+    }
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -103,7 +119,11 @@ class RoomSession:
                 await self._close(refusal.close, refusal.message)
                 return
             if not started:
-                await self._close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<seq>")
+                # Asked to close before its welcome was out (too slow, or the server
+                # draining).
+                if viewer.closing is None:
+                    viewer.overflow()
+                await self._close_for_hub(viewer)
                 return
             await self._converse(viewer)
         finally:
@@ -168,40 +188,43 @@ class RoomSession:
     async def _welcome(self, viewer: Viewer) -> bool:
         """Queue the welcome (and the missed events for `since`); the hub then queues
         what arrived meanwhile. Called once the hub has joined the room, so nothing
-        published after the room is read here can be missed."""
-        rooms = self.svc.rooms
-        await rooms.set_presence(
-            self.room_id, self.svc.process_id, self.hub.local_viewers(self.room_id)
+        published after the room is read here can be missed. One round trip to the store
+        (`RoomStore.welcome`)."""
+        since = self._since()
+        snapshot = await self.svc.rooms.welcome(
+            self.room_id,
+            process_id=self.svc.process_id,
+            local_viewers=self.hub.local_viewers(self.room_id),
+            since=since,
+            user_id=self.user.user_id if self.user is not None else None,
         )
-        raw = await rooms.room(self.room_id)
+        raw = snapshot.room
         if raw["status"] != "live":
             raise NotFound("this live has ended")
         seq = int(raw["seq"])
-        top = await rooms.top(self.room_id)
-        viewers = (await rooms.viewers([self.room_id]))[self.room_id]
-        you: dict[str, Any] | None = None
-        if self.user is not None:
-            wallet = await self.svc.wallets.wallet(self.user.user_id)
-            you = {"user_id": self.user.user_id, "coins": wallet["coins"]}
-        since = self._since()
         history: list[bytes] = []
         recovered = False
         if since is not None and since <= seq:
-            history, recovered = await rooms.events_since(self.room_id, since)
+            history, recovered = snapshot.history, snapshot.complete
+        you: dict[str, Any] | None = None
+        if self.user is not None:
+            you = {"user_id": self.user.user_id, "coins": snapshot.coins}
         floor = max(seq, event_seq(history[-1])) if history else seq
         welcome = welcome_frame(
-            room=await rooms.describe(self.room_id, raw),
+            room=await self.svc.rooms.describe(self.room_id, raw),
             seq=seq,
-            viewers=viewers,
-            top=top,
+            viewers=snapshot.viewers,
+            top=snapshot.top,
             you=you,
             recovered=recovered,
+            limits=welcome_limits(self.svc.settings),
         )
         frames = [Outgoing(welcome)]
         for start in range(0, len(history), HISTORY_FRAME_EVENTS):
             frames.append(Outgoing(events_frame(history[start : start + HISTORY_FRAME_EVENTS])))
         self._forget_handshake()
-        return self.hub.start(self.room_id, viewer, frames, floor=floor, state=(viewers, top))
+        state = (snapshot.viewers, snapshot.top)
+        return self.hub.start(self.room_id, viewer, frames, floor=floor, state=state)
 
     def _forget_handshake(self) -> None:
         """Past the welcome, the handshake's headers and query (the token among them) are
@@ -216,39 +239,47 @@ class RoomSession:
 
     async def _converse(self, viewer: Viewer) -> None:
         """Read and answer in this task until the peer leaves, sends a frame too big, or
-        falls too far behind: then the hub's overflow cancels the read here (the cheapest
-        way to watch for it: no task of its own)."""
+        the hub asks for the socket to close (too slow, its feed lost, the server
+        draining): then `viewer.close` cancels the read here (the cheapest way to watch
+        for it: no task of its own)."""
         task = asyncio.current_task()
         assert task is not None
         writer: asyncio.Task[None] | None = None
         if isinstance(viewer, QueuedViewer):
             writer = asyncio.create_task(self._write(viewer), name="ws-writer")
             writer.add_done_callback(_log_failure)
-        viewer.on_overflow = task.cancel
+        viewer.on_close = task.cancel
         code: int | None = None
         try:
-            code = await self._read(viewer)
+            if viewer.closing is None:
+                code = await self._read(viewer)
         except asyncio.CancelledError:
-            # Our own cancel, from the overflow, and no one else's (a shutdown's)?
-            if not viewer.overflowed or task.uncancel() > 0:
+            # Our own cancel, from the hub's ask, and no one else's (a shutdown's)?
+            if viewer.closing is None or task.uncancel() > 0:
                 raise
         except _PEER_GONE:
             return  # a peer that went away is no failure
         finally:
-            viewer.on_overflow = None
+            viewer.on_close = None
             if writer is not None:
                 writer.cancel()
-        if viewer.overflowed:
-            # The hub no longer offers frames to this socket. Its close frame waits behind
-            # what the peer has not read yet; a peer that reads nothing is dropped.
-            timeout = self.svc.settings.slow_close_timeout_s
-            if isinstance(viewer, DirectViewer):
-                viewer.socket.abort_after(timeout)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<seq>")
+        if viewer.closing is not None:
+            await self._close_for_hub(viewer)
         elif code is not None:
             await self._close(code, "frame too big")
+
+    async def _close_for_hub(self, viewer: Viewer) -> None:
+        """Close as the hub asked. The hub no longer offers frames to this socket; its
+        close frame waits behind what the peer has not read yet, and a peer that reads
+        nothing meanwhile is reset."""
+        assert viewer.closing is not None
+        code, reason = viewer.closing
+        timeout = self.svc.settings.slow_close_timeout_s
+        if isinstance(viewer, DirectViewer):
+            viewer.socket.abort_after(timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._close(code, reason)
 
     async def _write(self, viewer: QueuedViewer) -> None:
         while True:

@@ -164,3 +164,20 @@ async def test_a_gift_is_acked_while_a_flush_of_thousands_of_sockets_is_under_wa
             await sender.close()
             for v in viewers:
                 v.close()
+
+
+async def test_the_hub_closes_sockets_with_the_code_it_is_asked_for(settings: Settings) -> None:
+    # What a draining server does (1012), on real sockets: each is closed with the code.
+    async with (
+        in_process_server(settings) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as http,
+    ):
+        _, room_id = await live_room(http)
+        clients = [await RoomClient.open(server.ws_url, room_id) for _ in range(3)]
+        try:
+            assert await server.hub.close_all(1012, "server restarting", batch=2) == 3
+            codes = [await c.closed_with() for c in clients]
+            assert codes == [1012] * 3
+        finally:
+            for c in clients:
+                await c.close()

@@ -337,3 +337,35 @@ async def test_a_room_coalesces_events_within_its_window_into_one_frame(
         frames = await frames_until(viewer, up_to(last))
         assert [e["text"] for e in events_of(frames)] == [f"line {i}" for i in range(6)]
         assert sum(orjson.loads(f)["type"] == "events" for f in frames) <= 2
+
+
+async def test_close_all_asks_every_viewer_to_close_with_the_code_in_batches(
+    hub: RoomHub, services: Services
+) -> None:
+    rooms = [await new_room(services) for _ in range(2)]
+    viewers = [await watch(hub, services, rooms[i % 2]) for i in range(5)]
+    told: list[int] = []
+    for i, viewer in enumerate(viewers):
+        viewer.on_close = lambda i=i: told.append(i)
+    assert await hub.close_all(1012, "restarting", batch=2, pause_s=0.01) == 5
+    assert sorted(told) == list(range(5))
+    assert all(v.closing == (1012, "restarting") for v in viewers)
+    assert hub.local_viewers(rooms[0]) == hub.local_viewers(rooms[1]) == 0
+    # Nothing more is offered to them.
+    assert not viewers[0].offer(Outgoing(b"late"))
+
+
+async def test_viewers_of_a_room_whose_feed_is_lost_too_long_are_closed_1013(
+    services: Services, settings: Settings
+) -> None:
+    # The subscribe connection comes back only after 30 s: the feed is lost meanwhile.
+    quick = dataclasses.replace(settings, feed_lost_close_s=0.5)
+    async with running_hub(services, quick, reconnect_backoff_s=30) as hub:
+        room_id = await new_room(services)
+        viewer = await watch(hub, services, room_id)
+        assert await kill_hub_connection(services, hub) == 1
+        async with asyncio.timeout(WAIT_S):
+            while viewer.closing is None:
+                await asyncio.sleep(0.05)
+        assert viewer.closing[0] == 1013 and "since=" in viewer.closing[1]
+        assert hub.local_viewers(room_id) == 0

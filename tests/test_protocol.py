@@ -139,8 +139,9 @@ def test_a_refusal_names_the_frames_request_id_when_it_is_valid(catalog: Catalog
 
 def test_server_frames_are_json_as_designed() -> None:
     room = {"room_id": "r1", "title": "t", "creator": {"user_id": "u", "name": "n"}}
+    limits = {"gift_per_s": 20, "gift_burst": 50, "chat_per_s": 2.5, "chat_burst": 5}
     assert orjson.loads(
-        welcome_frame(room=room, seq=4, viewers=2, top=[], you=None, recovered=False)
+        welcome_frame(room=room, seq=4, viewers=2, top=[], you=None, recovered=False, limits=limits)
     ) == {
         "type": "welcome",
         "room": room,
@@ -149,6 +150,7 @@ def test_server_frames_are_json_as_designed() -> None:
         "top": [],
         "you": None,
         "recovered": False,
+        "limits": limits,
     }
     assert orjson.loads(ack_frame("r", 97)) == {"type": "ack", "request_id": "r", "coins": 97}
     assert orjson.loads(error_frame("rate_limited", "slow down", "r")) == {

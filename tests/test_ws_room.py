@@ -51,6 +51,14 @@ async def test_a_gift_reaches_every_viewer_and_moves_the_money(
             "status": "live",
         }
         assert sender.welcome["seq"] == 0 and sender.welcome["recovered"] is False
+        # The limits to keep to, from the server (its defaults here).
+        assert sender.welcome["limits"] == {
+            "gift_per_s": 20,
+            "gift_burst": 50,
+            "chat_per_s": 2,
+            "chat_burst": 5,
+            "max_frame_bytes": 65536,
+        }
 
         frame = gift("doughnut", 3)  # 30 coins each
         ack = await sender.request(frame)

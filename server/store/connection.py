@@ -32,6 +32,7 @@ SCRIPT_NAMES = (
     "post_chat",
     "open_socket",
     "end_room",
+    "room_welcome",
 )
 
 # No flags: Redis treats each script as a write and refuses it whole, at its start, when
@@ -57,6 +58,7 @@ class Scripts:
     post_chat: AsyncScript
     open_socket: AsyncScript
     end_room: AsyncScript
+    room_welcome: AsyncScript
 
     def all(self) -> list[AsyncScript]:
         return [getattr(self, name) for name in SCRIPT_NAMES]

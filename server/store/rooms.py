@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -11,7 +12,14 @@ import orjson
 from server.errors import NotFound
 from server.settings import Settings
 from server.store.answers import answer, fields
-from server.store.connection import Client, Scripts, publish_command
+from server.store.connection import (
+    Client,
+    Scripts,
+    command,
+    publish_command,
+    run_pipelined,
+    script_call,
+)
 from server.store.keys import LIVE_ROOMS, RoomKeys, UserKeys
 from server.store.wallets import now_ms
 
@@ -22,6 +30,31 @@ CHAT_MARKER_TTL_S = 24 * 3600
 
 def valid_room_id(room_id: str) -> bool:
     return bool(_ROOM_ID.fullmatch(room_id))
+
+
+@dataclass(frozen=True, slots=True)
+class WelcomeSnapshot:
+    """What a viewer's welcome shows, read at one instant (`RoomStore.welcome`)."""
+
+    room: dict[str, str]
+    # Viewers over every live process, this one's newcomer included.
+    viewers: int
+    top: list[dict[str, Any]]
+    # The signed-in viewer's coins (None: watching only).
+    coins: int | None
+    # The events after `since` still kept, oldest first, and whether that is all of them.
+    history: list[bytes]
+    complete: bool
+
+
+def _live_viewers(presence: dict[bytes, bytes], now: int) -> int:
+    """Viewers in a room's presence hash whose process's entry has not expired."""
+    total = 0
+    for value in presence.values():
+        count, _, expires = value.decode().partition(":")
+        if int(expires) > now:
+            total += int(count)
+    return total
 
 
 class RoomStore:
@@ -144,6 +177,66 @@ class RoomStore:
         complete = first is None or first == since + 1
         return events, complete
 
+    async def welcome(
+        self,
+        room_id: str,
+        *,
+        process_id: str,
+        local_viewers: int,
+        since: int | None,
+        user_id: str | None,
+    ) -> WelcomeSnapshot:
+        """Everything a viewer's welcome shows, in one round trip: this process's presence
+        is written first (`local_viewers`, counting the newcomer), then the room, its top
+        gifters, its viewers over every process, the events after `since` and the
+        viewer's coins are read. The room's part is one atomic script (one instant);
+        the coins are read beside it. `NotFound` if there is no such room (nothing is
+        written then)."""
+        if not valid_room_id(room_id):
+            raise NotFound("no such room")
+        k = RoomKeys(room_id)
+        expires = now_ms() + self._settings.presence_ttl_s * 1000
+        calls = [
+            script_call(
+                self._scripts.room_welcome,
+                keys=[k.room, k.top, k.names, k.presence, k.events],
+                args=[
+                    process_id,
+                    f"{max(1, local_viewers)}:{expires}",
+                    "" if since is None else str(since),
+                    TOP_GIFTERS,
+                ],
+            )
+        ]
+        if user_id is not None:
+            wallet = UserKeys.of(user_id, self._settings.wallet_buckets).wallet
+            calls.append(command("HGET", wallet, "coins"))
+        results = await run_pipelined(self._r, self._scripts, calls)
+        room_rows, top_rows, presence_rows, history_rows = answer(results[0])
+        coins: int | None = None
+        if user_id is not None:
+            if isinstance(results[1], BaseException):
+                raise results[1]
+            coins = int(results[1] or 0)
+        room = fields(dict(zip(room_rows[::2], room_rows[1::2], strict=True)))
+        top = [
+            {"user_id": uid.decode(), "name": name.decode(), "coins": int(float(score))}
+            for uid, score, name in zip(
+                top_rows[::3], top_rows[1::3], top_rows[2::3], strict=True
+            )
+        ]
+        presence = dict(zip(presence_rows[::2], presence_rows[1::2], strict=True))
+        history = list(history_rows[1::2])
+        first = int(history_rows[0].split(b"-")[0]) if history_rows else None
+        return WelcomeSnapshot(
+            room=room,
+            viewers=_live_viewers(presence, now_ms()),
+            top=top,
+            coins=coins,
+            history=history,
+            complete=since is None or first is None or first == since + 1,
+        )
+
     async def set_presence(self, room_id: str, process_id: str, viewers: int) -> None:
         """This process has `viewers` local viewers in the room, for the next
         `presence_ttl_s` seconds (a dead process's viewers vanish with the expiry)."""
@@ -169,14 +262,10 @@ class RoomStore:
         counts: dict[str, int] = {}
         stale: list[tuple[str, bytes]] = []
         for room_id, raw in zip(room_ids, rows, strict=True):
-            total = 0
+            counts[room_id] = _live_viewers(raw, now)
             for process_id, value in raw.items():
-                count, _, expires = value.decode().partition(":")
-                if int(expires) > now:
-                    total += int(count)
-                elif int(expires) < stale_before:
+                if int(value.decode().partition(":")[2]) < stale_before:
                     stale.append((RoomKeys(room_id).presence, process_id))
-            counts[room_id] = total
         if stale:
             async with self._r.pipeline(transaction=False) as pipe:
                 for key, process_id in stale:
