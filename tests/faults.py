@@ -1,7 +1,7 @@
 """Faults injected into a real Redis, and gift storms run through them: what the fault
 tests (tests/test_gift_faults.py) and the fault campaign share.
 
-    .venv/bin/python -m tests.faults [--gifts 400] [--senders 16] [--seed 1]
+    .venv/bin/python -m tests.faults [--gifts 2000] [--senders 16] [--seed 1]
 
 runs every fault kind against a Redis of its own and prints one table:
 fault | gifts | acked | lost | shown twice | refunded | audit.
@@ -30,6 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from server import metrics
 from server.audit import audit
 from server.embedded import EmbeddedRedis
 from server.errors import Refusal, Unavailable
@@ -213,6 +214,10 @@ class Tally:
     credited_twice: int = 0
     refunded: int = 0
     pending_left: int = 0
+    # How often the fault bit: debits refused as unavailable (then retried by the sender),
+    # and steps 2-4 that failed (then retried by the finisher or the sweeper).
+    debits_refused: int = 0
+    steps_failed: int = 0
     audit_ok: bool = False
     breaches: list[str] = field(default_factory=list)
 
@@ -252,6 +257,7 @@ async def _send_with_retries(
                 raise
             continue  # the sender gave up on this attempt (a closed socket): try again
         except Unavailable:
+            tally.debits_refused += 1
             await asyncio.sleep(0.01)
             continue
         except Refusal:
@@ -288,6 +294,7 @@ async def storm(
     checked: shown once and credited once, or refunded, and the audit."""
     rng = random.Random(seed)
     tally = Tally(fault.name)
+    failed_before = step_failures()
     world = await make_world(services, senders=senders, rooms=3, coins=10_000)
     stop = asyncio.Event()
 
@@ -318,7 +325,20 @@ async def storm(
         await g.finished()
         await sweep_until_done(g)
     await tally_gifts(services, tally)
+    tally.steps_failed = step_failures() - failed_before
     return tally
+
+
+def step_failures() -> int:
+    """Steps 2-4 failed so far in this process (the finisher's and sweeper's counter)."""
+    return int(
+        sum(
+            sample.value
+            for family in metrics.GIFT_STEP_FAILURES.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
 
 
 async def sweep_until_done(g: Gifting, *, timeout_s: float = 30.0) -> None:
@@ -378,14 +398,21 @@ async def faulty_services(folder: Path) -> AsyncIterator[tuple[FaultyRedis, Serv
 
 def table(tallies: list[Tally]) -> list[str]:
     rows = [
-        "| fault | gifts | acked | lost | shown twice | refunded | audit |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| fault | gifts | acked | lost | shown twice | refunded | audit "
+        "| debits refused, steps failed (retried) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for t in tallies:
         audit_cell = "holds" if t.audit_ok else f"BREACH ({len(t.breaches)})"
+        # A killed server's retries happen in its processes, not counted here.
+        retried = (
+            "(in the servers)"
+            if t.fault.startswith("kill")
+            else (f"{t.debits_refused}, {t.steps_failed}")
+        )
         rows.append(
             f"| {t.fault} | {t.gifts} | {t.acked} | {t.lost} | {t.shown_twice} | "
-            f"{t.refunded} | {audit_cell} |"
+            f"{t.refunded} | {audit_cell} | {retried} |"
         )
     return rows
 
@@ -420,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Gift storms through real Redis faults; prints what was lost (nothing, "
         "we hope). Exit 1 if any fault lost, doubled or left anything.",
     )
-    parser.add_argument("--gifts", type=int, default=400, help="gifts per fault (default 400)")
+    parser.add_argument("--gifts", type=int, default=2000, help="gifts per fault (2000)")
     parser.add_argument("--senders", type=int, default=16, help="concurrent senders (16)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-kills", action="store_true", help="skip the kill -9 rows")
