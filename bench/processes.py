@@ -295,6 +295,8 @@ class CpuWatch:
         self._wall = 0.0
         self._machine: Any = None
         self.result: dict[str, float] = {}
+        # How long it watched (set by `stop`).
+        self.seconds = 0.0
 
     def start(self) -> CpuWatch:
         self._start = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
@@ -304,6 +306,7 @@ class CpuWatch:
 
     def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self._wall)
+        self.seconds = wall
         result = {
             name: 100.0 * (cpu_seconds(pids) - self._start[name]) / wall
             for name, pids in self.groups.items()

@@ -17,7 +17,10 @@ RAW_RATIO = 0.8
 ACKED_PER_PROCESS = 10_000
 ACK_P99_MS = 20.0
 ACK_RATE = 5000
-KB_PER_VIEWER = 20.0
+KB_PER_VIEWER = 13.0
+# "No single flush holds the event loop for more than a few milliseconds."
+LOOP_LAG_MS = 10.0
+CPU_US_PER_GIFT = 100.0
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
@@ -151,6 +154,17 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 note,
             )
         )
+        lag = storm.get("loop_lag_max_ms")
+        if lag is not None:
+            out.append(
+                _target(
+                    f"gift storm: the event loop's worst lag <= {LOOP_LAG_MS:g} ms",
+                    cond,
+                    f"{lag} ms (a callback due every 10 ms, the latest it ran)",
+                    lag <= LOOP_LAG_MS,
+                    note,
+                )
+            )
         p99 = storm["latency_ms"]["p99"]
         out.append(
             _target(
@@ -191,6 +205,19 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 best["acked_per_s_per_process"] >= ACKED_PER_PROCESS,
             )
         )
+        costs = [g for g in gifts if g.get("server_cpu_us_per_gift") is not None]
+        if costs:
+            cheapest = min(costs, key=lambda g: g["server_cpu_us_per_gift"])
+            out.append(
+                _target(
+                    f"server CPU per acked gift <= {CPU_US_PER_GIFT:g} us",
+                    f"{cheapest['label']}: {cheapest['senders']} senders over "
+                    f"{cheapest['rooms']} rooms, 1 process (its CPU over the run / acked)",
+                    f"{cheapest['server_cpu_us_per_gift']} us "
+                    f"({cheapest['acked_per_s']} acked/s)",
+                    cheapest["server_cpu_us_per_gift"] <= CPU_US_PER_GIFT,
+                )
+            )
         opened = [g for g in gifts if g["mode"] == "open"]
         if opened:
             g = opened[0]
