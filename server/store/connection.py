@@ -112,10 +112,11 @@ def is_store_error(exc: BaseException) -> bool:
 
 
 def publish_command(client: Client) -> str:
-    """The command the scripts publish room events with. Classic PUBLISH for now, also on
-    a Redis Cluster (which broadcasts it to every node), until the hub's subscribe
-    connections follow shards (SSUBSCRIBE): then SPUBLISH there."""
-    return "PUBLISH"
+    """The command the scripts publish room events with: SPUBLISH on a Redis Cluster
+    (sharded pub/sub: the event goes to its room's shard only, where the hub's SSUBSCRIBE
+    connections wait, `server.store.channels`), PUBLISH on one Redis (a classic PUBLISH on
+    a cluster would be broadcast to every node)."""
+    return "SPUBLISH" if isinstance(client, RedisCluster) else "PUBLISH"
 
 
 @dataclass(frozen=True, slots=True)
