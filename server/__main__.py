@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from server.embedded import EmbeddedRedis
+from server.http_limits import uvicorn_protocol
 from server.settings import Settings, SettingsError
 
 
@@ -76,6 +77,7 @@ def main() -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            http=uvicorn_protocol(read_timeout_s=settings.http_read_timeout_s),
             # uvicorn's websockets-sansio protocol, leaner per socket (server.direct).
             ws="server.direct:RoomSocketProtocol",
             ws_max_size=settings.max_frame_bytes,

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -18,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from server import api, metrics, ws
 from server.direct import DirectWrites
 from server.errors import Internal, Refusal, Unavailable
+from server.http_limits import BodyLimit
 from server.hub import RoomHub
 from server.room_commands import RoomCommands, run_gift_steps
 from server.services import Services
@@ -93,6 +95,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log.warning("redis unavailable: %s", exc)
         return api.refusal_response(Unavailable("the store is unavailable; try again shortly"))
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # Counted and logged where it is seen (server.http_limits); no one to answer.
+        return Response(status_code=400)
+
     async def on_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error", exc_info=exc)
         return api.refusal_response(Internal("internal error"))
@@ -101,6 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[*api.routes, *ws.routes, *static_routes()],
         lifespan=lifespan,
         middleware=[
+            Middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES),
             Middleware(
                 DirectWrites,
                 routes=ws.routes,
@@ -110,6 +117,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={
             Refusal: on_refusal,
+            HTTPException: api.http_error,
+            ClientDisconnect: on_client_gone,
             **dict.fromkeys(STORE_ERRORS, on_redis_down),
             Exception: on_error,
         },

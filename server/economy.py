@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tomllib
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from enum import Enum
@@ -31,8 +32,14 @@ MAX_COMBO = 99
 MICRO_USD_PER_DIAMOND = 5_000
 MICRO_USD_PER_CENT = 10_000
 MAX_NAME_LENGTH = 40
+MAX_TITLE_LENGTH = 100
+MAX_LEGAL_NAME_LENGTH = 100
+MAX_ID_NUMBER_LENGTH = 40
 MAX_CHAT_LENGTH = 200
 MIN_BIRTH_YEAR = 1900
+# Coins of a spending cap and diamonds of a cash-out: far above any real amount, far
+# below what a 64-bit integer (Redis, Lua) holds.
+MAX_AMOUNT = 10**12
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +102,67 @@ def load_catalog() -> Catalog:
     )
 
 
+# --- text and numbers as people type them ----------------------------------------
+
+# `str.isdigit` and `\d` take any script's digits ("²", "١"): numbers are ASCII here.
+_DIGITS = re.compile(r"[0-9]+")
+# Format characters that real text needs: the zero-width (non-)joiner of Indic and
+# Arabic scripts and of emoji sequences ("👩‍👩‍👧").
+_JOINERS = frozenset("\u200c\u200d")
+# Where new emoji are assigned: unassigned to this Python's Unicode tables, but not to
+# the phones that send them.
+_EMOJI_PLANE = range(0x1F000, 0x1FB00)
+
+
+def ascii_digits(raw: str) -> bool:
+    """Only the digits 0-9, at least one."""
+    return _DIGITS.fullmatch(raw) is not None
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a character of Unicode category C (controls such as NUL and
+    newlines, format characters such as the bidi override U+202E, surrogates, private
+    use, unassigned) or a line or paragraph separator. The joiners U+200C/U+200D and
+    unassigned code points where emoji are assigned are allowed."""
+    if text.isprintable():  # the common case, in C: no C* and no Z* but the space
+        return False
+    for char in text:
+        category = unicodedata.category(char)
+        if category[0] == "C":
+            if char in _JOINERS or (category == "Cn" and ord(char) in _EMOJI_PLANE):
+                continue
+            return True
+        if category in ("Zl", "Zp"):
+            return True
+    return False
+
+
+def clean_text(field: str, raw: str, *, max_length: int) -> str:
+    """`raw` without surrounding spaces: not empty, at most `max_length` characters, no
+    control characters (`has_control_characters`). `BadRequest` otherwise."""
+    if has_control_characters(raw):
+        raise BadRequest(
+            f"{field} must not contain control characters (such as newlines, NUL or "
+            "direction overrides)"
+        )
+    text = raw.strip()
+    if not text:
+        raise BadRequest(f"{field} must not be empty")
+    if len(text) > max_length:
+        raise BadRequest(f"{field} is longer than {max_length} characters")
+    return text
+
+
 # --- users -----------------------------------------------------------------
 
 _REGION = re.compile(r"^[A-Z]{2}$")
+_BIRTHDATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_ID_NUMBER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9 ./-]{{0,{MAX_ID_NUMBER_LENGTH - 1}}}")
 
 
 def parse_birthdate(raw: str, *, today: dt.date) -> dt.date:
     """A birthdate `YYYY-MM-DD`, in the past and after 1900."""
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+    if not _BIRTHDATE.fullmatch(raw):
         raise BadRequest("birthdate must be YYYY-MM-DD")
     try:
         born = dt.date.fromisoformat(raw)
@@ -124,14 +184,26 @@ def age_on(born: dt.date, today: dt.date) -> int:
 
 
 def validate_name(raw: str) -> str:
-    name = raw.strip()
-    if not name:
-        raise BadRequest("name must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise BadRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise BadRequest("name must not contain control characters")
-    return name
+    """A display name: any script, emoji welcome, no control characters."""
+    return clean_text("name", raw, max_length=MAX_NAME_LENGTH)
+
+
+def validate_title(raw: str) -> str:
+    """A room's title, by the rules of `clean_text`."""
+    return clean_text("title", raw, max_length=MAX_TITLE_LENGTH)
+
+
+def validate_identity(legal_name: str, id_number: str) -> tuple[str, str]:
+    """The simulated identity check's input: a legal name (`clean_text`) and an ID
+    number of ASCII letters and digits (with spaces, dots, slashes or dashes between)."""
+    name = clean_text("legal_name", legal_name, max_length=MAX_LEGAL_NAME_LENGTH)
+    number = id_number.strip(" ")
+    if not _ID_NUMBER.fullmatch(number):
+        raise BadRequest(
+            f"id_number must be 1 to {MAX_ID_NUMBER_LENGTH} ASCII letters and digits "
+            "(spaces, . / - allowed between them)"
+        )
+    return name, number
 
 
 def validate_region(raw: str, catalog: Catalog) -> str:
@@ -150,9 +222,10 @@ class PaymentOutcome(Enum):
 
 
 def normalize_card(raw: str) -> str:
+    """A card number as typed, spaces and dashes removed: 12 to 19 ASCII digits."""
     digits = raw.replace(" ", "").replace("-", "")
-    if not digits.isdigit() or not 12 <= len(digits) <= 19:
-        raise BadRequest("card_number must be 12 to 19 digits")
+    if not ascii_digits(digits) or not 12 <= len(digits) <= 19:
+        raise BadRequest("card_number must be 12 to 19 digits (0-9)")
     return digits
 
 
@@ -204,7 +277,7 @@ def validate_spending_limit(period: object, coins: object) -> tuple[str, int | N
     if period not in ("daily", "monthly"):
         raise BadRequest('period must be "daily" or "monthly"')
     if coins is not None and (
-        not isinstance(coins, int) or isinstance(coins, bool) or not 0 <= coins <= 10**12
+        not isinstance(coins, int) or isinstance(coins, bool) or not 0 <= coins <= MAX_AMOUNT
     ):
         raise BadRequest("coins must be a whole number of coins from 0, or null to remove the cap")
     return str(period), coins
@@ -243,10 +316,10 @@ def validate_payout_method(body: dict[str, object]) -> dict[str, str]:
             raise BadRequest(
                 "a bank payout method has exactly type, account_number, routing_number"
             )
-        if not (isinstance(account, str) and account.isdigit() and 4 <= len(account) <= 17):
-            raise BadRequest("account_number must be 4 to 17 digits")
-        if not (isinstance(routing, str) and routing.isdigit() and len(routing) == 9):
-            raise BadRequest("routing_number must be 9 digits")
+        if not (isinstance(account, str) and ascii_digits(account) and 4 <= len(account) <= 17):
+            raise BadRequest("account_number must be 4 to 17 digits (0-9)")
+        if not (isinstance(routing, str) and ascii_digits(routing) and len(routing) == 9):
+            raise BadRequest("routing_number must be 9 digits (0-9)")
         return {"type": "bank", "account_number": account, "routing_number": routing}
     if kind == "paypal":
         email = body.get("email")
@@ -256,6 +329,7 @@ def validate_payout_method(body: dict[str, object]) -> dict[str, str]:
             isinstance(email, str)
             and len(email) <= 254
             and re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email)
+            and not has_control_characters(email)
         ):
             raise BadRequest("email is not an email address")
         return {"type": "paypal", "email": email}

@@ -98,6 +98,13 @@ LOOP_LAG_MAX_SECONDS = Gauge(
     "The worst loop lag over the last 5 seconds",
     multiprocess_mode="max",
 )
+HTTP_REQUESTS_ABORTED = Counter(
+    "giftstream_http_requests_aborted",
+    "HTTP requests that never arrived whole, by reason: too_large (body over the limit), "
+    "timeout (not whole within GS_HTTP_READ_TIMEOUT_S), headers_too_large, "
+    "client_disconnected (the client hung up mid-request)",
+    ["reason"],
+)
 REDIS_ERRORS = Counter("giftstream_redis_errors", "Requests or frames that failed on Redis")
 GIFT_ACK_SECONDS = Histogram(
     "giftstream_gift_ack_seconds",

@@ -106,6 +106,9 @@ class Settings:
     # viewers with 1013, so they reconnect elsewhere (0: never).
     feed_lost_close_s: float = 10.0
     max_frame_bytes: int = 64 * 1024
+    # An HTTP request must arrive whole (headers and body) this soon after its first
+    # byte, or the connection is closed (408): slow clients hold no connection. 0: off.
+    http_read_timeout_s: float = 20.0
     history_events: int = 1000
     presence_ttl_s: int = 10
     gift_rate_per_s: float = 20.0
@@ -182,6 +185,7 @@ class Settings:
             stalled_reader_s=_float(env, "GS_STALLED_READER_S", d.stalled_reader_s),
             feed_lost_close_s=_float(env, "GS_FEED_LOST_CLOSE_S", d.feed_lost_close_s),
             max_frame_bytes=_int(env, "GS_MAX_FRAME_BYTES", d.max_frame_bytes, minimum=256),
+            http_read_timeout_s=_float(env, "GS_HTTP_READ_TIMEOUT_S", d.http_read_timeout_s),
             history_events=_int(env, "GS_HISTORY_EVENTS", d.history_events, minimum=1),
             presence_ttl_s=_int(env, "GS_PRESENCE_TTL_S", d.presence_ttl_s, minimum=2),
             gift_rate_per_s=_float(env, "GS_GIFT_RATE_PER_S", d.gift_rate_per_s),

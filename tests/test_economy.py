@@ -156,3 +156,82 @@ def test_a_creator_cannot_gift_their_own_live() -> None:
     economy.check_gift_allowed(sender_id="ua", creator_id="ub")
     with pytest.raises(Forbidden):
         economy.check_gift_allowed(sender_id="ua", creator_id="ua")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\x00",
+        "a\nb",
+        "a\tb",
+        "\x1b[2J",
+        "\x7f",
+        "\x85",
+        "a\u202eb",
+        "a\u2066b",
+        "a\u200bb",
+        "\ufeff",
+        "a\u2028b",
+        "a\u2029b",
+        "\ue000",
+        "\U000e0001",
+        "\ud800",
+    ],
+)
+def test_control_characters_are_found(text: str) -> None:
+    assert economy.has_control_characters(text)
+    with pytest.raises(BadRequest):
+        economy.clean_text("title", "ok " + text, max_length=100)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ann",
+        "Zoë",
+        "李小龍",
+        "محمد",
+        "🌹 x12",
+        "👩\u200d👩\u200d👧",
+        "क्\u200dष",
+        "a\u00a0b",
+        "a\u3000b",
+        "🩷",
+    ],
+)
+def test_text_in_any_script_with_emoji_is_clean(text: str) -> None:
+    assert not economy.has_control_characters(text)
+    assert economy.clean_text("name", f"  {text} ", max_length=100) == text
+
+
+def test_numbers_are_ascii_digits() -> None:
+    assert economy.ascii_digits("0123456789")
+    for raw in ["", "²", "١", "４", "1 2", "+1", "-1", "1.0", "1_0", "1\n"]:
+        assert not economy.ascii_digits(raw), raw
+    for card in ["²²²²²²²²²²²²4242", "١٢٣٤٥٦٧٨٩٠١٢4242", "4242424242424242\n"]:
+        with pytest.raises(BadRequest):
+            economy.normalize_card(card)
+    for account, routing in [("²²²²²²²²", "110000000"), ("00012345", "١١٠٠٠٠٠٠٠")]:
+        with pytest.raises(BadRequest):
+            economy.validate_payout_method(
+                {"type": "bank", "account_number": account, "routing_number": routing}
+            )
+    with pytest.raises(BadRequest):
+        economy.parse_birthdate("١٩٩٠-٠١-٠١", today=TODAY)
+
+
+def test_identity_needs_a_clean_name_and_an_ascii_id_number() -> None:
+    assert economy.validate_identity(" Ann Lee ", " X-12/3 ") == ("Ann Lee", "X-12/3")
+    for legal_name, id_number in [
+        ("Ann", "\x00"),
+        ("Ann", ""),
+        ("Ann", "¹²³"),
+        ("Ann", "X1\n"),
+        ("Ann", "-X1"),
+        ("Ann", "X" * 41),
+        ("\x00", "X1"),
+        ("Ann\u202e", "X1"),
+        ("  ", "X1"),
+    ]:
+        with pytest.raises(BadRequest):
+            economy.validate_identity(legal_name, id_number)

@@ -3,6 +3,7 @@ stable code; server frames encoded as DESIGN section 4 spells them; token bucket
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import orjson
@@ -10,7 +11,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from server.contract import ErrorFrame
 from server.economy import MAX_CHAT_LENGTH, Catalog
+from server.errors import REFUSALS
 from server.protocol import (
     PONG,
     ChatFrame,
@@ -202,3 +205,49 @@ def test_an_outgoing_frame_is_framed_once_for_every_socket() -> None:
         frame = parsed.value.value
         assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, out.data)
         assert not reader.buffer  # nothing after the frame
+
+
+@pytest.mark.parametrize(
+    "text", ["a\nb", "nul\x00", "\u202eevil", "zero\u200bwidth", "line\u2028sep", "tab\there"]
+)
+def test_chat_text_with_control_characters_is_refused(text: str, catalog: Catalog) -> None:
+    assert refused(dumps(chat_frame(text)), catalog) == ("bad_request", "c")
+
+
+def test_chat_text_in_any_script_with_emoji_is_served(catalog: Catalog) -> None:
+    for text in ["こんにちは", "مرحبا", "👩\u200d👩\u200d👧 family", "🩷🌹 x12", "a\u00a0b"]:
+        assert decode_client_frame(dumps(chat_frame(text)), catalog) == ChatFrame("c", text)
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ("[]", "a frame must be one JSON object"),
+        ("{}", 'a frame needs a "type": gift, chat or ping'),
+        ({"type": "dance"}, "unknown frame type 'dance': use gift, chat or ping"),
+        ({k: v for k, v in gift_frame().items() if k != "count"}, "gift frame is missing: count"),
+        (gift_frame(to="x"), "gift frame has unknown fields: to"),
+        (gift_frame(count=100), "count must be a whole number from 1 to 99"),
+        (gift_frame(gift_id=5), "gift_id must be a string"),
+        (gift_frame(gift_id="unicorn"), "no gift 'unicorn' in the catalog"),
+        (
+            gift_frame(request_id="a b"),
+            "request_id must be 1 to 64 characters of letters, digits and _ . : -",
+        ),
+        (chat_frame(""), "text must not be empty"),
+        (chat_frame(5), "text must be a string"),
+        (chat_frame("x" * 201), "text is longer than 200 characters"),
+        (chat_frame("a\u202e"), "text must not contain control characters"),
+    ],
+)
+def test_refusals_keep_their_messages(frame: Any, message: str, catalog: Catalog) -> None:
+    with pytest.raises(FrameRejected) as info:
+        decode_client_frame(frame if isinstance(frame, str) else dumps(frame), catalog)
+    assert info.value.refusal.message == message
+
+
+def test_error_frame_codes_are_the_contracts() -> None:
+    # The published frame's codes (Annotated[Literal[...], Meta]) are the ones ws sends.
+    hints = typing.get_type_hints(ErrorFrame, include_extras=True)
+    codes = typing.get_args(typing.get_args(hints["code"])[0])
+    assert set(codes) == {refusal.wire for refusal in REFUSALS.values()}
