@@ -12,6 +12,7 @@ from server.economy import Catalog, load_catalog
 from server.embedded import EmbeddedRedis
 from server.services import Services
 from server.settings import Settings
+from tests import frame_contract
 from tests.live_server import TEST_SECRET, LiveServer
 
 
@@ -69,3 +70,10 @@ async def http(server_url: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+@pytest.fixture(autouse=True)
+def frames_match_the_asyncapi_document() -> Iterator[None]:
+    """Every frame a test's RoomClients read matches docs/asyncapi.yaml (issue 13.2)."""
+    yield
+    frame_contract.verify_seen()

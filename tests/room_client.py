@@ -23,6 +23,7 @@ from giftstream_client.frames import ChatRequest, GiftRequest, loads
 from giftstream_client.frames import new_request_id as new_request_id
 from giftstream_client.room import RoomConnection, room_url
 from tests.accounts import Account, api, sign_up
+from tests.frame_contract import check_server_frame
 
 WAIT_S = 15.0
 
@@ -63,6 +64,7 @@ class RoomClient:
         """Connect and read the welcome; `options` go to `websockets.connect`."""
         url = room_url(ws_url, room_id, token=token, since=since)
         connection = await RoomConnection.open(url, open_timeout_s=WAIT_S, **options)
+        check_server_frame(connection.welcome_json)  # as docs/asyncapi.yaml publishes it
         return cls(connection, connection.welcome_json)
 
     @property
@@ -90,6 +92,7 @@ class RoomClient:
         """The next frame (kept)."""
         async with asyncio.timeout(WAIT_S):
             frame = loads(await self.conn.recv())
+        check_server_frame(frame)  # as docs/asyncapi.yaml publishes it
         self._keep(frame)
         return frame
 
