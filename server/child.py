@@ -1,6 +1,7 @@
-"""`python -m server` as a child process on 127.0.0.1: how the demo, the tests, the load
-runner and the benchmark start the server (the image's entry point too), configured only
-through its environment.
+"""`python -m server` as a child process on 127.0.0.1 (or another address, under a
+launcher such as `ip netns exec`): how the demo, the tests, the load runner and the
+benchmark start the server (the image's entry point too), configured only through its
+environment.
 
 The child leads a process group of its own, with its worker processes: a Ctrl-C in the
 terminal reaches only whoever started it, which stops it in order, and `stop` or `kill`
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -42,8 +43,14 @@ class ServerProcess:
         port: int | None = None,
         log_path: Path | None = None,
         cwd: Path | None = None,
+        host: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
+        # Where it listens, and what it is started under (`ip netns exec <ns>`, which
+        # execs it in place: the pid is the server's).
+        self.host = host
+        self.launcher = tuple(launcher)
         self.env = dict(env or {})
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.log_path = log_path
@@ -52,11 +59,11 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -65,14 +72,15 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, *, timeout_s: float = 30.0) -> ServerProcess:
-        env = {**self.base_env, "GS_HOST": "127.0.0.1", "GS_PORT": str(self.port), **self.env}
+        env = {**self.base_env, "GS_HOST": self.host, "GS_PORT": str(self.port), **self.env}
         log: int | None = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        server = [sys.executable, "-m", "server"]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"],
+                [*self.launcher, *server],
                 env=env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,

@@ -207,8 +207,9 @@ class _Subscriber:
                 pass
             else:
                 raise _Stale("too many commands queued")
-            if loop.time() - link.last_read > 3 * interval:
-                raise _Stale(f"no answer for {3 * interval:.0f}s")
+            silent = loop.time() - link.last_read
+            if silent > self.owner.stale_after_s:
+                raise _Stale(f"no answer for {silent:.1f}s")
             link.send(_PING, b"PING")
 
     async def _read(self, link: _Link) -> None:
@@ -288,7 +289,8 @@ class RoomChannels:
         on_subscribed: Callable[[bytes], None],
         on_lost: Callable[[], None],
         client_name: str | None = None,
-        ping_interval_s: float = 5.0,
+        ping_interval_s: float = 1.0,
+        stale_after_s: float = 5.0,
         min_backoff_s: float = 0.05,
         max_commands: int = 10_000,
         reroute_interval_s: float = 0.5,
@@ -298,7 +300,12 @@ class RoomChannels:
         self._on_subscribed = on_subscribed
         self._on_lost = on_lost
         self._client_name = client_name
+        # A connection that answers no PING for `stale_after_s` is given up and made
+        # anew: a host cut off from Redis (no reset, nothing read) finds out that soon,
+        # and its rooms count as lost (the hub closes their viewers after a while, so they
+        # reconnect elsewhere).
         self.ping_interval_s = ping_interval_s
+        self.stale_after_s = stale_after_s
         self.min_backoff_s = min_backoff_s
         self.max_commands = max_commands
         self._reroute_interval_s = reroute_interval_s
