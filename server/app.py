@@ -57,13 +57,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         svc = Services.build(settings)
+        # A durability level this Redis cannot give (no WAITAOF, AOF off) is refused at
+        # start, not found out gift by gift.
+        problems = await svc.durability.problems()
+        if problems:
+            await svc.close()
+            level = settings.ack_durability
+            message = f"GS_ACK_DURABILITY={level} cannot work here: " + "; ".join(problems)
+            log.error("%s", message)
+            raise RuntimeError(message)
         app.state.services = svc
         hub = RoomHub(
             rooms=svc.rooms, client=svc.redis, settings=settings, process_id=svc.process_id
         )
         app.state.hub = hub
         commands = RoomCommands(
-            steps=svc.gifts, rooms=svc.rooms, settings=settings, is_live=hub.is_live
+            steps=svc.gifts,
+            rooms=svc.rooms,
+            settings=settings,
+            is_live=hub.is_live,
+            durability=svc.durability,
         )
         app.state.commands = commands
         tasks = [

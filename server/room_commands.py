@@ -38,7 +38,9 @@ from server.protocol import ChatFrame, GiftFrame
 from server.settings import Settings
 from server.store.cancellation import reraise_lost_cancellation
 from server.store.connection import is_store_error
+from server.store.durability import Durability, NotDurable
 from server.store.gifts import Decision, GiftSteps, Transfer
+from server.store.keys import RoomKeys, UserKeys
 from server.store.rooms import RoomStore
 from server.store.wallets import Profile, now_ms
 
@@ -61,12 +63,14 @@ class RoomCommands:
         rooms: RoomStore,
         settings: Settings,
         is_live: Callable[[str], bool] = lambda room_id: True,
+        durability: Durability | None = None,
     ) -> None:
         self._steps = steps
         self._rooms = rooms
         self._settings = settings
         self._is_live = is_live
-        self.finisher = GiftFinisher(steps, settings)
+        self._durability = durability
+        self.finisher = GiftFinisher(steps, settings, durability=durability)
         self.sweeper = GiftSweeper(steps, self.finisher, settings)
 
     # --- gift --------------------------------------------------------------------------
@@ -115,7 +119,30 @@ class RoomCommands:
             metrics.REDIS_ERRORS.inc()
             log.warning("gift not debited, redis unavailable: %s", exc)
             raise Unavailable("the store is unavailable; try again") from None
-        return GiftSteps.receipt(raw).coins
+        coins = GiftSteps.receipt(raw).coins
+        if self._durability is not None and self._durability.level.waits:
+            await self._durable(UserKeys.of(sender.user_id, self._settings.wallet_buckets).tag)
+        return coins
+
+    async def _durable(self, tag: str) -> None:
+        """The ack waits for GS_ACK_DURABILITY: the debit (or, for a replay, the first
+        attempt's) on the sender's primary's disk or replicas. Not in time: `Unavailable`,
+        and a retry with the same request_id replays the debit and waits again."""
+        assert self._durability is not None
+        try:
+            await self._durability.confirm(tag)
+        except NotDurable as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("gift not acked: %s", exc)
+            raise Unavailable(
+                f"the gift is taken but not yet {self._durability.level}: send it again with"
+                " the same request_id"
+            ) from None
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            metrics.REDIS_ERRORS.inc()
+            raise Unavailable("the store is unavailable; try again") from None
 
     def _debited(self, transfer: Transfer, debit: asyncio.Future[Any]) -> None:
         if debit.cancelled() or debit.exception() is not None:
@@ -212,9 +239,11 @@ class GiftFinisher:
         max_waiting: int = 20_000,
         max_batch: int = 512,
         max_completing: int = 4,
+        durability: Durability | None = None,
     ) -> None:
         self._steps = steps
         self._settings = settings
+        self._durability = durability
         self._waiting: deque[Transfer] = deque()
         self._max_waiting = max_waiting
         self._max_batch = max_batch
@@ -295,7 +324,9 @@ class GiftFinisher:
         outcomes: list[Outcome | None] = [None] * len(transfers)
         shown: list[int] = []
         refused: list[int] = []
-        for i, decision in enumerate(await self._steps.publish(transfers)):
+        ready = await self._debits_durable(transfers, outcomes)
+        decisions = await self._steps.publish([transfers[i] for i in ready])
+        for i, decision in zip(ready, decisions, strict=True):
             if isinstance(decision, Exception):
                 outcomes[i] = self._failed(transfers[i], "publish", decision)
             elif decision is Decision.SHOWN:
@@ -303,6 +334,36 @@ class GiftFinisher:
             else:
                 refused.append(i)
         return transfers, outcomes, shown, refused
+
+    async def _debits_durable(
+        self, transfers: Sequence[Transfer], outcomes: list[Outcome | None]
+    ) -> list[int]:
+        """Under GS_ACK_DURABILITY, a gift is shown (or refunded) only once its debit is as
+        durable as its ack: a debit that a failover then loses must not leave a gift
+        shown and credited behind it. The ones not confirmed stay pending (failed at
+        `durable`): the sweeper looks again, if the debit is still there."""
+        everyone = list(range(len(transfers)))
+        if not transfers or self._durability is None or not self._durability.level.waits:
+            return everyone
+        buckets = self._settings.wallet_buckets
+        tags = {i: UserKeys.of(transfers[i].sender_id, buckets).tag for i in everyone}
+        distinct = sorted(set(tags.values()))
+        durability = self._durability
+        answers = await asyncio.gather(
+            *(durability.confirm(tag) for tag in distinct), return_exceptions=True
+        )
+        failed = {tag: a for tag, a in zip(distinct, answers, strict=True) if a is not None}
+        for answer in failed.values():
+            if not isinstance(answer, Exception):
+                raise answer  # cancelled: what is left stays pending
+        ready = []
+        for i in everyone:
+            error = failed.get(tags[i])
+            if isinstance(error, Exception):
+                outcomes[i] = self._failed(transfers[i], "durable", error)
+            else:
+                ready.append(i)
+        return ready
 
     async def _complete(
         self,
@@ -333,6 +394,7 @@ class GiftFinisher:
                 metrics.GIFTS_REFUNDED.inc()
                 metrics.COINS_REFUNDED.inc(transfers[i].coins)
             outcomes[i] = Outcome(transfers[i], "refunded")
+        credited = await self._durable(transfers, outcomes, credited)
         settles = await self._steps.settle([transfers[i] for i in credited])
         for i, error in zip(credited, settles, strict=True):
             if error is not None:
@@ -340,6 +402,26 @@ class GiftFinisher:
             else:
                 outcomes[i] = Outcome(transfers[i], "settled")
         return [o for o in outcomes if o is not None]
+
+    async def _durable(
+        self, transfers: Sequence[Transfer], outcomes: list[Outcome | None], credited: list[int]
+    ) -> list[int]:
+        """Under GS_ACK_DURABILITY, a transfer is settled only once its publish and its
+        credit are as durable as its debit was: a failover that lost them then finds it
+        still pending, and the sweeper shows and credits it again. The ones not confirmed
+        stay pending (failed at `durable`)."""
+        if not credited or self._durability is None or not self._durability.level.waits:
+            return credited
+        buckets = self._settings.wallet_buckets
+        tags = {RoomKeys(transfers[i].room_id).tag for i in credited}
+        tags |= {UserKeys.of(transfers[i].creator_id, buckets).tag for i in credited}
+        try:
+            await self._durability.confirm_all(sorted(tags))
+        except Exception as exc:  # noqa: BLE001 - NotDurable or the store: they stay pending
+            for i in credited:
+                outcomes[i] = self._failed(transfers[i], "durable", exc)
+            return []
+        return credited
 
     def _failed(self, transfer: Transfer, step: str, error: Exception) -> Outcome:
         metrics.GIFT_STEP_FAILURES.labels(step=step).inc()

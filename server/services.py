@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from server.economy import Catalog, load_catalog
 from server.settings import Settings
 from server.store.connection import Client, Scripts, connect, load_scripts
+from server.store.durability import Durability
 from server.store.gifts import GiftSteps
 from server.store.rooms import RoomStore
 from server.store.sockets import UserSockets
@@ -25,6 +26,8 @@ class Services:
     gifts: GiftSteps
     rooms: RoomStore
     sockets: UserSockets
+    # When a gift may be acked: GS_ACK_DURABILITY.
+    durability: Durability
     # Names this process in presence records and socket counts: unique per process, even
     # after a restart.
     process_id: str
@@ -44,6 +47,9 @@ class Services:
             gifts=GiftSteps(client, scripts, settings),
             rooms=RoomStore(client, scripts, settings),
             sockets=UserSockets(client, scripts, settings, process_id=process_id),
+            durability=Durability(
+                client, settings.ack_durability, timeout_ms=settings.ack_durability_timeout_ms
+            ),
             process_id=process_id,
         )
 

@@ -7,6 +7,7 @@ called once at start; everything else receives the `Settings` it needs.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,45 @@ from pathlib import Path
 
 class SettingsError(Exception):
     """The environment asks for something that cannot run; the message says what."""
+
+
+_ACK_DURABILITY = re.compile(r"^(primary|aof|replicas:([1-9][0-9]*))$")
+
+
+@dataclass(frozen=True, slots=True)
+class AckDurability:
+    """When a gift is acked (GS_ACK_DURABILITY): `primary`, `aof` or `replicas:N`; what
+    each means and does is `server.store.durability`'s."""
+
+    level: str = "primary"
+    replicas: int = 0
+
+    @classmethod
+    def parse(cls, raw: str) -> AckDurability:
+        """`ValueError` with the accepted forms for anything else."""
+        match = _ACK_DURABILITY.match(raw.strip().lower())
+        if match is None:
+            raise ValueError(f"expected primary, aof or replicas:N (N >= 1), got {raw!r}")
+        if match.group(2):
+            return cls("replicas", int(match.group(2)))
+        return cls(match.group(1))
+
+    def __str__(self) -> str:
+        return f"replicas:{self.replicas}" if self.level == "replicas" else self.level
+
+    @property
+    def waits(self) -> bool:
+        return self.level != "primary"
+
+
+def _ack_durability(env: Mapping[str, str], name: str) -> AckDurability:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return AckDurability()
+    try:
+        return AckDurability.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -126,6 +166,10 @@ class Settings:
     # permessage-deflate compresses every frame once per connection, which undoes
     # encoding a room's flush once for all its viewers: off unless asked for.
     ws_compression: bool = False
+    # When a gift is acked (server.store.durability): after the primary applied its debit,
+    # after its append-only file is fsynced (aof), or after N replicas have it.
+    ack_durability: AckDurability = field(default_factory=AckDurability)
+    ack_durability_timeout_ms: int = 1000
 
     @property
     def production(self) -> bool:
@@ -204,4 +248,8 @@ class Settings:
                 env, "GS_MAX_SOCKETS_PER_USER", d.max_sockets_per_user, minimum=1
             ),
             drain_gift_steps_s=_float(env, "GS_DRAIN_GIFT_STEPS_S", d.drain_gift_steps_s),
+            ack_durability=_ack_durability(env, "GS_ACK_DURABILITY"),
+            ack_durability_timeout_ms=_int(
+                env, "GS_ACK_DURABILITY_TIMEOUT_MS", d.ack_durability_timeout_ms, minimum=1
+            ),
         )
