@@ -50,9 +50,9 @@ class RoomRecord:
     gift_coins: int
     # How many times each transfer id appears in the room's history.
     shown: dict[str, int]
-    # The `ts` of the oldest event the capped history still holds, when older ones were
-    # trimmed (it is full, and its first event is not the room's first); else None: it
-    # should hold every event since the room began.
+    # The `ts` of the oldest event the capped history still holds, when older ones are
+    # gone (its first event is not the room's first: trimmed by the cap, whatever cap the
+    # server that wrote it had); else None: it holds every event since the room began.
     trimmed_before_ms: int | None
 
 
@@ -100,8 +100,7 @@ class StoreSurvey:
                 if transfer_id is not None:
                     shown[text(transfer_id)] = shown.get(text(transfer_id), 0) + 1
             trimmed_before: int | None = None
-            full = len(entries) >= self._settings.history_events
-            if full and text(entries[0][0]) != "1-0":
+            if entries and text(entries[0][0]) != "1-0":
                 event: dict[str, Any] = orjson.loads(entries[0][1][b"e"])
                 trimmed_before = int(event["ts"])
             yield RoomRecord(
