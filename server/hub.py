@@ -35,7 +35,7 @@ from server.errors import Unavailable
 from server.loop_lag import LoopLag
 from server.presence import RoomPresence, RoomState
 from server.protocol import Outgoing, event_kind, event_seq, events_frame
-from server.sequencing import Batch, FlushPacer, RoomSequence
+from server.sequencing import Batch, FlushPacer, RoomSequence, WriteCost
 from server.settings import Settings
 from server.store.cancellation import reraise_lost_cancellation
 from server.store.channels import RoomChannels
@@ -121,14 +121,19 @@ class _Flush(Broadcast):
         metrics.BROADCAST_FRAMES.inc(self.frames)
         metrics.BROADCAST_BYTES.inc(self.bytes)
         metrics.FANOUT_FLUSH_SECONDS.observe(self.cost_s)
-        self.room.pacer.record(started=self.started, cost_s=self.cost_s, viewers=len(self.targets))
+        # The frame most viewers got (their own, for a viewer whose history overlapped,
+        # is rarer and smaller).
+        frame_bytes = self.bytes // self.frames if self.frames else 0
+        self.hub.write_cost.record(writes=self.frames, frame_bytes=frame_bytes, cost_s=self.cost_s)
+        self.hub.write_measured()
+        self.room.pacer.record(started=self.started, frame_bytes=frame_bytes)
         self.hub.flushed(self.room)
 
 
 class _State(Broadcast):
     """A room_state frame to every started viewer of a room."""
 
-    __slots__ = ("hub", "room", "frame", "targets", "index")
+    __slots__ = ("hub", "room", "frame", "targets", "index", "writes")
 
     def __init__(self, hub: RoomHub, room: LocalRoom, frame: Outgoing) -> None:
         super().__init__()
@@ -137,6 +142,7 @@ class _State(Broadcast):
         self.frame = frame
         self.targets = list(room.viewers)
         self.index = 0
+        self.writes = 0
 
     def step(self, deadline: float) -> bool:
         room, frame, targets = self.room, self.frame, self.targets
@@ -146,12 +152,22 @@ class _State(Broadcast):
         while i < n:
             viewer = targets[i]
             i += 1
-            if viewer.floor is not None and viewer in present and not viewer.offer(frame):
-                self.hub.drop_slow(room, viewer)
+            if viewer.floor is not None and viewer in present:
+                if viewer.offer(frame):
+                    self.writes += 1
+                else:
+                    self.hub.drop_slow(room, viewer)
             if clock() >= deadline:
                 break
         self.index = i
         return i >= n
+
+    def finish(self) -> None:
+        # Small frames to every viewer: what a write costs apart from its bytes.
+        self.hub.write_cost.record(
+            writes=self.writes, frame_bytes=len(self.frame.data), cost_s=self.cost_s
+        )
+        self.hub.write_measured()
 
 
 class RoomHub:
@@ -186,6 +202,9 @@ class RoomHub:
             send_state=self._send_state,
         )
         self._broadcaster = Broadcaster(slice_s=settings.fanout_slice_ms / 1000)
+        # What one socket write costs here, learned from every broadcast (the pacing's
+        # measure).
+        self.write_cost = WriteCost()
         # The loop's stalls, for /metrics: what slicing the flushes is for.
         self._loop_lag = LoopLag()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -390,7 +409,11 @@ class RoomHub:
         loop = asyncio.get_running_loop()
         now = loop.time()
         delay = room.pacer.delay(
-            now, viewers=len(room.viewers), share=self._share(now), max_window_s=self._max_window_s
+            now,
+            viewers=len(room.viewers),
+            share=self._share(now),
+            cost=self.write_cost,
+            max_window_s=self._max_window_s,
         )
         if delay <= 0:
             # At once, with whatever else arrives in this turn of the loop.
@@ -410,6 +433,12 @@ class RoomHub:
             return
         room.writing = batch
         self._broadcaster.submit(_Flush(self, room, batch, asyncio.get_running_loop().time()))
+
+    def write_measured(self) -> None:
+        """The write cost changed: shown in /metrics."""
+        cost = self.write_cost
+        metrics.FANOUT_WRITE_COST_SECONDS.labels(part="per_write").set(cost.per_write_s)
+        metrics.FANOUT_WRITE_COST_SECONDS.labels(part="per_byte").set(cost.per_byte_s)
 
     def flushed(self, room: LocalRoom) -> None:
         """A flush of `room` has been written to every viewer: the next may follow."""

@@ -88,6 +88,13 @@ WS_PROTOCOL_ERRORS = Counter(
     "(1007), bad_framing (1002), frame_too_big (1009)",
     ["kind"],
 )
+FANOUT_WRITE_COST_SECONDS = Gauge(
+    "giftstream_fanout_write_cost_seconds",
+    "What one socket write of the fan-out costs, as the hub measures it: part=per_write "
+    "(the fixed part) and part=per_byte (each byte of the frame)",
+    ["part"],
+    multiprocess_mode="mostrecent",
+)
 LOOP_LAG_SECONDS = Histogram(
     "giftstream_loop_lag_seconds",
     "How late the event loop ran a callback due every 10 ms (the longest any task waited)",

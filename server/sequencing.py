@@ -20,13 +20,12 @@ and history cover, and returns the held events above the floor, in order. From t
 flush's batch is shown to it above its floor only (`Batch.frame_for`), and its floor
 rises with every batch.
 
-Pacing (`FlushPacer`): an event for a quiet room goes out at once; a busy room's flushes
-are spaced so that writing them takes at most `share` of the process's time: a flush that
-cost `c` seconds to write is followed by the next no sooner than `c / share` after it
-began (capped at `max_window_s`), so the events meanwhile are coalesced into one frame.
-The cost is the hub's own measure of its last flushes, per viewer written, times the
-room's viewers now; `share` is the fan-out's share of a core divided among the rooms that
-flushed recently.
+Pacing (`FlushPacer`, `WriteCost`): an event for a quiet room goes out at once; a busy
+room's flushes are spaced just enough that writing them takes at most `share` of a core
+(the fan-out's share divided among the rooms that flushed recently), so the events
+meanwhile are coalesced into one frame. What a write costs (a fixed part and a part per
+byte) is the hub's own measure of its recent broadcasts; coalescing saves only the fixed
+part, so the window is derived from it and from what the room's payload already takes.
 """
 
 from __future__ import annotations
@@ -168,41 +167,86 @@ class RoomSequence:
         return min(started) if started else None
 
 
-class FlushPacer:
-    """When a room may flush next: at once after a quiet spell, else once its last
-    flush's cost over its share of the CPU has passed since that flush began."""
+def _smooth(old: float, new: float, weight: float) -> float:
+    return new if old == 0.0 else weight * new + (1 - weight) * old
 
-    __slots__ = ("last_start", "cost_per_viewer_s", "_smoothing")
+
+class WriteCost:
+    """What writing one frame into one socket costs this process, learned from the
+    broadcasts the hub times: a fixed part per write (the call, the syscall, the kernel's
+    per-packet work) and a part per byte (copying and carrying the payload). Coalescing
+    changes only the first: a frame of ten events costs one write, ten events' bytes.
+
+    Small frames (a room_state, a quiet room's event) tell the fixed part; big ones
+    (a busy room's coalesced events), what each byte adds to it."""
+
+    __slots__ = ("per_write_s", "per_byte_s", "_smoothing")
+
+    SMALL_BYTES = 2048
+    BIG_BYTES = 16384
+
+    def __init__(self, *, smoothing: float = 0.2) -> None:
+        self.per_write_s = 0.0
+        self.per_byte_s = 0.0
+        self._smoothing = smoothing
+
+    def record(self, *, writes: int, frame_bytes: int, cost_s: float) -> None:
+        """`writes` writes of a `frame_bytes` frame took `cost_s` seconds in all."""
+        if writes <= 0:
+            return
+        each = cost_s / writes
+        w = self._smoothing
+        if frame_bytes <= self.SMALL_BYTES or self.per_write_s == 0.0:
+            fixed = max(0.0, each - self.per_byte_s * frame_bytes)
+            self.per_write_s = _smooth(self.per_write_s, fixed, w)
+        elif frame_bytes >= self.BIG_BYTES:
+            per_byte = max(0.0, each - self.per_write_s) / frame_bytes
+            self.per_byte_s = _smooth(self.per_byte_s, per_byte, w)
+
+
+class FlushPacer:
+    """When a room may flush next: at once after a quiet spell; else once the time
+    since its last flush began makes the room's fan-out fit its `share` of a core.
+
+    A room of V viewers receiving R bytes a second each costs V * per_byte * R of the
+    CPU whatever the window (the payload), plus V * per_write for each flush. Flushing
+    every w seconds, its fan-out takes V * per_byte * R + V * per_write / w of a core; the
+    window is the least w for which that is within `share`:
+        w = V * per_write / (share - V * per_byte * R).
+    A room whose payload alone takes most of its share (more than 3/4) cannot be made to
+    fit by waiting longer: its flushes are then spaced so that their fixed part takes a
+    quarter of the share, w = V * per_write / (share / 4). Always at most `max_window_s`.
+    """
+
+    __slots__ = ("last_start", "bytes_per_s", "_smoothing")
 
     def __init__(self, *, smoothing: float = 0.3) -> None:
         self.last_start: float | None = None
-        # Seconds of writing per viewer a flush went to, smoothed over recent flushes.
-        self.cost_per_viewer_s = 0.0
+        # The bytes of events a viewer of the room is sent a second, smoothed.
+        self.bytes_per_s = 0.0
         self._smoothing = smoothing
 
-    def record(self, *, started: float, cost_s: float, viewers: int) -> None:
-        """A flush that began at `started` took `cost_s` seconds of the loop to write to
-        `viewers` viewers."""
+    def record(self, *, started: float, frame_bytes: int) -> None:
+        """A flush that began at `started` carried a frame of `frame_bytes`."""
+        if self.last_start is not None and started > self.last_start:
+            rate = frame_bytes / (started - self.last_start)
+            self.bytes_per_s = _smooth(self.bytes_per_s, rate, self._smoothing)
         self.last_start = started
-        if viewers <= 0:
-            return
-        per = cost_s / viewers
-        if self.cost_per_viewer_s == 0.0:
-            self.cost_per_viewer_s = per
-        else:
-            a = self._smoothing
-            self.cost_per_viewer_s = a * per + (1 - a) * self.cost_per_viewer_s
 
-    def window(self, *, viewers: int, share: float, max_window_s: float) -> float:
+    def window(self, *, viewers: int, share: float, cost: WriteCost, max_window_s: float) -> float:
         """The least time from one flush's start to the next's, for `viewers` viewers
-        and `share` (0 < share <= 1) of the CPU."""
+        and `share` (0 < share <= 1) of a core."""
         if share <= 0:
             return max_window_s
-        return min(max_window_s, self.cost_per_viewer_s * viewers / share)
+        payload = viewers * cost.per_byte_s * self.bytes_per_s
+        spare = max(share - payload, share / 4)
+        return min(max_window_s, viewers * cost.per_write_s / spare)
 
-    def delay(self, now: float, *, viewers: int, share: float, max_window_s: float) -> float:
+    def delay(
+        self, now: float, *, viewers: int, share: float, cost: WriteCost, max_window_s: float
+    ) -> float:
         """Seconds from `now` until the room may flush (0: at once)."""
         if self.last_start is None:
             return 0.0
-        window = self.window(viewers=viewers, share=share, max_window_s=max_window_s)
+        window = self.window(viewers=viewers, share=share, cost=cost, max_window_s=max_window_s)
         return max(0.0, self.last_start + window - now)

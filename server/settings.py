@@ -126,7 +126,7 @@ class Settings:
     # once; a busy room's flushes are spaced so that writing them takes at most this share
     # of a core (divided among the rooms that flushed in the last second), measured from
     # what its last flushes cost, and at most `fanout_max_window_ms` apart.
-    fanout_cpu_share: float = 0.5
+    fanout_cpu_share: float = 0.7
     fanout_max_window_ms: int = 1000
     # A big room is written in slices of about this long, so reads and acks go on between.
     fanout_slice_ms: float = 2.0

@@ -7,7 +7,7 @@ import orjson
 
 from server.loop_lag import LoopLag
 from server.protocol import Outgoing
-from server.sequencing import Batch, FlushPacer, RoomSequence, ViewerOrder
+from server.sequencing import Batch, FlushPacer, RoomSequence, ViewerOrder, WriteCost
 
 
 def ev(seq: int) -> bytes:
@@ -162,33 +162,53 @@ def test_a_recovery_too_late_lets_the_events_go_without_it() -> None:
 # --- pacing ----------------------------------------------------------------------------
 
 
+def cost(per_write_s: float, per_byte_s: float = 0.0) -> WriteCost:
+    c = WriteCost()
+    c.per_write_s, c.per_byte_s = per_write_s, per_byte_s
+    return c
+
+
 def test_a_quiet_room_flushes_at_once() -> None:
     pacer = FlushPacer()
-    assert pacer.delay(100.0, viewers=10, share=0.5, max_window_s=1.0) == 0.0
-    # A flush of 10 viewers cost 1 ms: the next may start 2 ms after it began at share 0.5.
-    pacer.record(started=100.0, cost_s=0.001, viewers=10)
-    assert round(pacer.window(viewers=10, share=0.5, max_window_s=1.0), 9) == 0.002
-    assert round(pacer.delay(100.0005, viewers=10, share=0.5, max_window_s=1.0), 9) == 0.0015
-    assert pacer.delay(100.5, viewers=10, share=0.5, max_window_s=1.0) == 0.0
+    c = cost(0.0001)  # 100 us a write
+    assert pacer.delay(100.0, viewers=10, share=0.5, cost=c, max_window_s=1.0) == 0.0
+    pacer.record(started=100.0, frame_bytes=200)
+    # Ten writes of 100 us at half a core: the next flush may start 2 ms after this one began.
+    assert round(pacer.window(viewers=10, share=0.5, cost=c, max_window_s=1.0), 9) == 0.002
+    assert round(pacer.delay(100.0005, viewers=10, share=0.5, cost=c, max_window_s=1.0), 9) == (
+        0.0015
+    )
+    # After a quiet spell longer than that: at once.
+    assert pacer.delay(100.5, viewers=10, share=0.5, cost=c, max_window_s=1.0) == 0.0
 
 
-def test_a_busy_room_is_spaced_by_its_cost_over_its_share_and_capped() -> None:
-    pacer = FlushPacer()
-    pacer.record(started=0.0, cost_s=0.1, viewers=5000)  # 20 us a viewer
-    assert round(pacer.window(viewers=5000, share=0.5, max_window_s=1.0), 6) == 0.2
-    # Twice the viewers now, or half the share: twice the window.
-    assert round(pacer.window(viewers=10_000, share=0.5, max_window_s=1.0), 6) == 0.4
-    assert round(pacer.window(viewers=5000, share=0.25, max_window_s=1.0), 6) == 0.4
-    assert pacer.window(viewers=5000, share=0.01, max_window_s=1.0) == 1.0
+def test_a_busy_room_waits_just_long_enough_for_its_fan_out_to_fit_its_share() -> None:
+    pacer = FlushPacer(smoothing=1.0)
+    pacer.record(started=0.0, frame_bytes=0)
+    pacer.record(started=0.2, frame_bytes=40_000)  # 200 KB a second to each viewer
+    assert round(pacer.bytes_per_s) == 200_000
+    c = cost(0.00001, 0.5e-9)  # 10 us a write, 0.5 ns a byte
+    # 5,000 viewers: the payload takes half a core; at a share of 0.7 the writes' fixed
+    # part may take the other 0.2: 5,000 x 10 us every 250 ms.
+    window = pacer.window(viewers=5000, share=0.7, cost=c, max_window_s=1.0)
+    assert round(window, 6) == 0.25
+    # A share the payload alone fills: the fixed part is held to a quarter of it.
+    assert round(pacer.window(viewers=5000, share=0.5, cost=c, max_window_s=1.0), 6) == 0.4
+    assert pacer.window(viewers=5000, share=0.1, cost=c, max_window_s=1.0) == 1.0
+    # The payload does not depend on the window: twice the share, a far shorter window.
+    assert pacer.window(viewers=5000, share=1.0, cost=c, max_window_s=1.0) < window / 2
 
 
-def test_the_cost_follows_recent_flushes_smoothly() -> None:
-    pacer = FlushPacer(smoothing=0.5)
-    pacer.record(started=0.0, cost_s=0.01, viewers=100)
-    pacer.record(started=1.0, cost_s=0.03, viewers=100)
-    assert round(pacer.cost_per_viewer_s, 9) == 0.0002
-    pacer.record(started=2.0, cost_s=0.0, viewers=0)  # no one written: the cost stands
-    assert round(pacer.cost_per_viewer_s, 9) == 0.0002 and pacer.last_start == 2.0
+def test_write_costs_are_learned_from_small_and_big_frames() -> None:
+    c = WriteCost(smoothing=1.0)
+    c.record(writes=100, frame_bytes=300, cost_s=0.001)  # small: 10 us a write
+    assert round(c.per_write_s, 9) == 0.00001 and c.per_byte_s == 0.0
+    c.record(writes=100, frame_bytes=40_000, cost_s=0.003)  # 30 us: 20 us for 40 KB
+    assert round(c.per_byte_s * 1e9, 3) == 0.5
+    c.record(writes=100, frame_bytes=300, cost_s=0.00115)  # less the 300 bytes' part
+    assert round(c.per_write_s, 9) == 0.00001135
+    c.record(writes=0, frame_bytes=300, cost_s=1.0)  # nothing written: nothing learned
+    assert round(c.per_write_s, 9) == 0.00001135
 
 
 def test_the_loop_lag_keeps_the_worst_of_the_last_seconds() -> None:

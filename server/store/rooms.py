@@ -221,9 +221,7 @@ class RoomStore:
         room = fields(dict(zip(room_rows[::2], room_rows[1::2], strict=True)))
         top = [
             {"user_id": uid.decode(), "name": name.decode(), "coins": int(float(score))}
-            for uid, score, name in zip(
-                top_rows[::3], top_rows[1::3], top_rows[2::3], strict=True
-            )
+            for uid, score, name in zip(top_rows[::3], top_rows[1::3], top_rows[2::3], strict=True)
         ]
         presence = dict(zip(presence_rows[::2], presence_rows[1::2], strict=True))
         history = list(history_rows[1::2])
