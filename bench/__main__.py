@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.processes import Fleet
 from bench.profiles import PROFILES
 from bench.report import evaluate_targets, target_lines, write_reports
-from bench.run import Bench
+from bench.run import PHASES, Bench
 
 
 async def _run(bench: Bench) -> None:
@@ -42,12 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="record the server with py-spy during the gift storm and the largest gift run",
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated phases to run, of: " + ", ".join(PHASES) + " (default: all; "
+        "the raw ceiling and two processes compare with the fan-out and gift phases' figures)",
+    )
     args = parser.parse_args(argv)
+    only: frozenset[str] | None = None
+    if args.only:
+        only = frozenset(name.strip() for name in args.only.split(","))
+        if not only <= set(PHASES):
+            parser.error(f"--only takes phases of: {', '.join(PHASES)}")
     profile = PROFILES[args.profile]
     out: Path = args.out or Path("reports") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     fleet = Fleet()
     bench = Bench(profile, out, fleet=fleet, py_spy=args.py_spy)
+    bench.only = only
     failed: BaseException | None = None
     try:
         asyncio.run(_run(bench))

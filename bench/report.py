@@ -213,8 +213,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     f"server CPU per acked gift <= {CPU_US_PER_GIFT:g} us",
                     f"{cheapest['label']}: {cheapest['senders']} senders over "
                     f"{cheapest['rooms']} rooms, 1 process (its CPU over the run / acked)",
-                    f"{cheapest['server_cpu_us_per_gift']} us "
-                    f"({cheapest['acked_per_s']} acked/s)",
+                    f"{cheapest['server_cpu_us_per_gift']} us ({cheapest['acked_per_s']} acked/s)",
                     cheapest["server_cpu_us_per_gift"] <= CPU_US_PER_GIFT,
                 )
             )

@@ -25,8 +25,13 @@ from bench import fanout, gifts, memory, raw_ceiling, two_processes
 from bench.memory import IdleRoom
 from bench.session import BenchSession
 
+PHASES = ("memory", "fan-out", "raw ceiling", "gifts", "two processes")
+
 
 class Bench(BenchSession):
+    # The phases to run (None: every one); `bench.__main__ --only`.
+    only: frozenset[str] | None = None
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         idle: list[IdleRoom] = []
@@ -45,6 +50,8 @@ class Bench(BenchSession):
         ]
         if self.p.two_processes:
             phases.append(("two processes", lambda: two_processes.run(self)))
+        if self.only is not None:
+            phases = [(name, phase) for name, phase in phases if name in self.only]
         try:
             await self.setup()
             for name, phase in phases:
