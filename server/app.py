@@ -120,13 +120,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[*api.routes, *ws.routes, *static_routes()],
         lifespan=lifespan,
         middleware=[
-            Middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES),
+            # First: room sockets are served from here and never enter the others (each
+            # would keep a suspended frame per socket for the connection's life).
             Middleware(
                 DirectWrites,
                 routes=ws.routes,
                 sndbuf_bytes=settings.socket_sndbuf_bytes,
                 stall_s=settings.stalled_reader_s,
-            )
+            ),
+            Middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES),
         ],
         exception_handlers={
             Refusal: on_refusal,

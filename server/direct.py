@@ -69,6 +69,23 @@ def abort_with_reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+class Bundle:
+    """Frames for one socket in one write, in order: the same bytes for every socket that
+    gets them (a room_state riding with a flush's events costs no write of its own)."""
+
+    __slots__ = ("frames", "_wire")
+
+    def __init__(self, *frames: Outgoing) -> None:
+        self.frames = frames
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = b"".join(frame.wire for frame in self.frames)
+        return self._wire
+
+
 class DirectSocket:
     __slots__ = ("_protocol", "_stall_s")
 
@@ -85,10 +102,11 @@ class DirectSocket:
                 except OSError:
                     pass
 
-    def write(self, frame: Outgoing, *, limit_bytes: int) -> bool:
-        """Write `frame` now, without waiting. False if the peer is too slow (`limit_bytes`
-        or more still unsent, or stalled for `stall_s`): nothing was written. A socket
-        that is closing takes nothing more and is not slow: True."""
+    def write(self, frame: Outgoing | Bundle, *, limit_bytes: int) -> bool:
+        """Write `frame` (or a bundle of frames, in one write) now, without waiting. False
+        if the peer is too slow (`limit_bytes` or more still unsent, or stalled for
+        `stall_s`): nothing was written. A socket that is closing takes nothing more and
+        is not slow: True."""
         protocol = self._protocol
         transport = protocol.transport
         if protocol.close_sent or transport.is_closing():
@@ -101,7 +119,8 @@ class DirectSocket:
         conn = protocol.conn
         if conn.extensions:
             # Per-message compression was negotiated: compressed per socket, by the protocol.
-            conn.send_text(frame.data)
+            for one in (frame,) if isinstance(frame, Outgoing) else frame.frames:
+                conn.send_text(one.data)
             transport.write(b"".join(conn.data_to_send()))
         else:
             transport.write(frame.wire)

@@ -30,7 +30,7 @@ import time
 
 from server import metrics
 from server.broadcast import Broadcast, Broadcaster
-from server.direct import DirectSocket
+from server.direct import Bundle, DirectSocket
 from server.errors import Unavailable
 from server.loop_lag import LoopLag
 from server.presence import RoomPresence, RoomState
@@ -42,7 +42,15 @@ from server.store.channels import RoomChannels
 from server.store.connection import Client
 from server.store.keys import RoomKeys
 from server.store.rooms import RoomStore
-from server.viewers import CLOSE_TOO_SLOW, TOO_SLOW, DirectViewer, QueuedViewer, Viewer
+from server.viewers import (
+    CLOSE_TOO_SLOW,
+    TOO_SLOW,
+    DirectViewer,
+    Frames,
+    QueuedViewer,
+    Viewer,
+    size_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +73,10 @@ class LocalRoom:
         self.sequence = RoomSequence(max_pending=max_pending)
         self.pacer = FlushPacer()
         self.flush_handle: asyncio.Handle | None = None
-        # The batch of the flush being written (the next one waits for it).
-        self.writing: Batch | None = None
+        # The flush being written (the next one waits for it).
+        self.writing: _Flush | None = None
+        # A room_state waiting to ride with the next flush.
+        self.state: Outgoing | None = None
         self.lost_count = 0
         # When its subscription was lost, until the missed events are read back.
         self.lost_at: float | None = None
@@ -75,20 +85,55 @@ class LocalRoom:
 
 
 class _Flush(Broadcast):
-    """One flush of a room: its batch to every viewer the room had when it began."""
+    """One flush of a room to every viewer the room had when it began: its batch of
+    events, and its pending room_state, which rides in the same write (a room_state on
+    its own costs as many writes as a flush)."""
 
-    __slots__ = ("hub", "room", "batch", "started", "targets", "index", "frames", "bytes")
+    __slots__ = (
+        "hub",
+        "room",
+        "batch",
+        "state",
+        "started",
+        "targets",
+        "index",
+        "writes",
+        "bytes",
+        "event_bytes",
+        "_with_state",
+    )
 
-    def __init__(self, hub: RoomHub, room: LocalRoom, batch: Batch, started: float) -> None:
+    def __init__(
+        self,
+        hub: RoomHub,
+        room: LocalRoom,
+        batch: Batch | None,
+        state: Outgoing | None,
+        started: float,
+    ) -> None:
         super().__init__()
         self.hub = hub
         self.room = room
         self.batch = batch
+        self.state = state
         self.started = started
         self.targets = list(room.viewers)
         self.index = 0
-        self.frames = 0
+        self.writes = 0
         self.bytes = 0
+        self.event_bytes = 0
+        # The shared events frame and the state, as one bundle built once.
+        self._with_state: Bundle | None = None
+
+    def _frames_for(self, events: Outgoing | None) -> Frames | None:
+        state = self.state
+        if state is None or events is None:
+            return events if events is not None else state
+        if self.batch is not None and events is self.batch.shared:
+            if self._with_state is None:
+                self._with_state = Bundle(events, state)
+            return self._with_state
+        return Bundle(events, state)
 
     def step(self, deadline: float) -> bool:
         room, batch, targets = self.room, self.batch, self.targets
@@ -102,14 +147,18 @@ class _Flush(Broadcast):
             if viewer not in present:
                 continue  # left meanwhile
             if viewer.floor is None:
-                if not viewer.hold(batch, max_held=max_held):
+                # Not started: its welcome is on the way (and shows the room's state).
+                if batch is not None and not viewer.hold(batch, max_held=max_held):
                     self.hub.drop_slow(room, viewer)
                 continue
-            frame = viewer.advance(batch)
-            if frame is not None:
-                if viewer.offer(frame):
-                    self.frames += 1
-                    self.bytes += len(frame.data)
+            events = viewer.advance(batch) if batch is not None else None
+            frames = self._frames_for(events)
+            if frames is not None:
+                if viewer.offer(frames):
+                    self.writes += 1
+                    self.bytes += size_of(frames)
+                    if events is not None:
+                        self.event_bytes += len(events.data)
                 else:
                     self.hub.drop_slow(room, viewer)
             if clock() >= deadline:
@@ -118,56 +167,19 @@ class _Flush(Broadcast):
         return i >= n
 
     def finish(self) -> None:
-        metrics.BROADCAST_FRAMES.inc(self.frames)
+        metrics.BROADCAST_FRAMES.inc(self.writes)
         metrics.BROADCAST_BYTES.inc(self.bytes)
         metrics.FANOUT_FLUSH_SECONDS.observe(self.cost_s)
-        # The frame most viewers got (their own, for a viewer whose history overlapped,
-        # is rarer and smaller).
-        frame_bytes = self.bytes // self.frames if self.frames else 0
-        self.hub.write_cost.record(writes=self.frames, frame_bytes=frame_bytes, cost_s=self.cost_s)
-        self.hub.write_measured()
-        self.room.pacer.record(started=self.started, frame_bytes=frame_bytes)
-        self.hub.flushed(self.room)
-
-
-class _State(Broadcast):
-    """A room_state frame to every started viewer of a room."""
-
-    __slots__ = ("hub", "room", "frame", "targets", "index", "writes")
-
-    def __init__(self, hub: RoomHub, room: LocalRoom, frame: Outgoing) -> None:
-        super().__init__()
-        self.hub = hub
-        self.room = room
-        self.frame = frame
-        self.targets = list(room.viewers)
-        self.index = 0
-        self.writes = 0
-
-    def step(self, deadline: float) -> bool:
-        room, frame, targets = self.room, self.frame, self.targets
-        present = room.viewers
-        clock = time.perf_counter
-        i, n = self.index, len(targets)
-        while i < n:
-            viewer = targets[i]
-            i += 1
-            if viewer.floor is not None and viewer in present:
-                if viewer.offer(frame):
-                    self.writes += 1
-                else:
-                    self.hub.drop_slow(room, viewer)
-            if clock() >= deadline:
-                break
-        self.index = i
-        return i >= n
-
-    def finish(self) -> None:
-        # Small frames to every viewer: what a write costs apart from its bytes.
-        self.hub.write_cost.record(
-            writes=self.writes, frame_bytes=len(self.frame.data), cost_s=self.cost_s
+        # What most viewers were written (a viewer whose history overlapped got less).
+        writes = max(1, self.writes)
+        hub = self.hub
+        hub.write_cost.record(
+            writes=self.writes, frame_bytes=self.bytes // writes, cost_s=self.cost_s
         )
-        self.hub.write_measured()
+        hub.write_measured()
+        if self.batch is not None:
+            self.room.pacer.record(started=self.started, frame_bytes=self.event_bytes // writes)
+        hub.flushed(self.room)
 
 
 class RoomHub:
@@ -329,7 +341,9 @@ class RoomHub:
     def flushing(self, room_id: str) -> int | None:
         """The last seq of the room's flush being written right now (None: none is)."""
         room = self._rooms.get(room_id)
-        return room.writing.last if room is not None and room.writing is not None else None
+        if room is None or room.writing is None or room.writing.batch is None:
+            return None
+        return room.writing.batch.last
 
     def subscribed_rooms(self) -> set[str]:
         """Rooms whose channel this process wants (the ones with local viewers)."""
@@ -404,7 +418,9 @@ class RoomHub:
     def _schedule(self, room: LocalRoom) -> None:
         """Arrange the room's next flush, if it has something to flush and none is
         arranged or being written."""
-        if room.flush_handle is not None or room.writing is not None or not room.sequence.ready():
+        if room.flush_handle is not None or room.writing is not None:
+            return
+        if not room.sequence.ready() and room.state is None:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -429,10 +445,12 @@ class RoomHub:
         if sequence.recovering and sequence.overdue:
             log.warning("room %s: recovery is late; flushing without it", room.room_id)
         batch = sequence.take(force=sequence.overdue)
-        if batch is None:
+        state, room.state = room.state, None
+        if batch is None and state is None:
             return
-        room.writing = batch
-        self._broadcaster.submit(_Flush(self, room, batch, asyncio.get_running_loop().time()))
+        flush = _Flush(self, room, batch, state, asyncio.get_running_loop().time())
+        room.writing = flush
+        self._broadcaster.submit(flush)
 
     def write_measured(self) -> None:
         """The write cost changed: shown in /metrics."""
@@ -447,9 +465,12 @@ class RoomHub:
             self._schedule(room)
 
     def _send_state(self, room_id: str, frame: Outgoing) -> None:
+        """A room_state for the room's started viewers: with its next flush (a newer one
+        replaces one not yet written)."""
         room = self._rooms.get(room_id)
         if room is not None:
-            self._broadcaster.submit(_State(self, room, frame))
+            room.state = frame
+            self._schedule(room)
 
     # --- the subscribe connection's news ----------------------------------------------
 

@@ -46,6 +46,11 @@ class Batch:
         self._shared: Outgoing | None = None
 
     @property
+    def shared(self) -> Outgoing | None:
+        """The frame every viewer below the batch gets (once one has been built)."""
+        return self._shared
+
+    @property
     def first(self) -> int:
         return self.seqs[0]
 

@@ -16,9 +16,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from server.direct import DirectSocket
+from server.direct import Bundle, DirectSocket
 from server.protocol import Outgoing
 from server.sequencing import ViewerOrder
+
+# What a viewer is offered: one frame, or frames written together.
+Frames = Outgoing | Bundle
+
+
+def size_of(frames: Frames) -> int:
+    """The payload bytes of `frames` (what a socket's bound counts)."""
+    if isinstance(frames, Outgoing):
+        return len(frames.data)
+    return sum(len(frame.data) for frame in frames.frames)
+
 
 CLOSE_TOO_SLOW = 1008
 TOO_SLOW = "too slow: reconnect with since=<seq>"
@@ -42,7 +53,7 @@ class Viewer(ViewerOrder):
         """Closed, or to be closed, as too slow (1008)."""
         return self.closing is not None and self.closing[0] == CLOSE_TOO_SLOW
 
-    def offer(self, frame: Outgoing) -> bool:
+    def offer(self, frame: Frames) -> bool:
         """Pass `frame` on without waiting; False if it did not fit (the viewer is then
         to be closed as too slow) or the viewer is to be closed already."""
         if self.closing is not None:
@@ -63,7 +74,7 @@ class Viewer(ViewerOrder):
             if self.on_close is not None:
                 self.on_close()
 
-    def _put(self, frame: Outgoing) -> bool:
+    def _put(self, frame: Frames) -> bool:
         raise NotImplementedError
 
 
@@ -77,7 +88,7 @@ class DirectViewer(Viewer):
         super().__init__(user_id=user_id, limit_bytes=limit_bytes)
         self.socket = socket
 
-    def _put(self, frame: Outgoing) -> bool:
+    def _put(self, frame: Frames) -> bool:
         return self.socket.write(frame, limit_bytes=self._limit)
 
 
@@ -93,11 +104,12 @@ class QueuedViewer(Viewer):
         self.queue: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.queued_bytes = 0
 
-    def _put(self, frame: Outgoing) -> bool:
+    def _put(self, frame: Frames) -> bool:
         if self.queued_bytes >= self._limit:
             return False
-        self.queue.put_nowait(frame)
-        self.queued_bytes += len(frame.data)
+        for one in (frame,) if isinstance(frame, Outgoing) else frame.frames:
+            self.queue.put_nowait(one)
+            self.queued_bytes += len(one.data)
         return True
 
     async def next_frame(self) -> Outgoing:

@@ -83,6 +83,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 class RoomSession:
     """One accepted WebSocket in one room."""
 
+    # One per socket for the connection's life: slots, not a dict.
+    __slots__ = ("ws", "svc", "hub", "commands", "room_id", "user", "room", "socket_member")
+
     def __init__(
         self, websocket: WebSocket, svc: Services, hub: RoomHub, commands: RoomCommands
     ) -> None:
