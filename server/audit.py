@@ -89,6 +89,10 @@ async def audit(
     transfer pending longer than `stuck_after_s` is a breach.
     """
     survey = StoreSurvey(client, settings)
+    # What is in flight is read before the ledgers and again after them: a gift that
+    # finishes while the audit reads must not look half done. (The store-wide sums still
+    # want a quiet moment.)
+    pending = await survey.pending()
     report = AuditReport()
     totals = dict.fromkeys(WALLET_FIELDS, 0)
     sent: dict[str, _Sent] = {}
@@ -130,8 +134,8 @@ async def audit(
                 report.breaches.append(f"{user_id}: ledger {name} sum {total} != balance {w[name]}")
     report.totals = totals
 
-    pending = await survey.pending()
     in_flight = {p.transfer.transfer_id for p in pending}
+    in_flight |= {p.transfer.transfer_id for p in await survey.pending()}
     pending_diamonds = 0
     unshown_coins = 0
     for p in pending:
