@@ -387,8 +387,11 @@ async def phase_compare(
 ) -> None:
     """The same storm through one host and spread over all of them."""
     report.say(f"## compare: {senders} senders, {viewers} watchers, {seconds:g} s each")
-    report.say("| clients on | gifts/s | ack p50 / p99 ms | broadcast p50 / p99 ms |")
-    report.say("| --- | --- | --- | --- |")
+    report.say(
+        "| clients on | gifts/s | ack p50 / p99 ms | broadcast p50 / p99 ms"
+        " | CPU of the clients' process |"
+    )
+    report.say("| --- | --- | --- | --- | --- |")
     hosts = len(rig.servers)
     for spread in (1, hosts):
         per_host_w = max(1, viewers // spread)
@@ -400,8 +403,10 @@ async def phase_compare(
         try:
             marks = mark(crowd)
             started = time.perf_counter()
+            cpu = time.process_time()
             acked = await storm(crowd.senders, seconds=seconds, interval_s=0)
             elapsed = time.perf_counter() - started
+            client_cpu = (time.process_time() - cpu) / elapsed
             last, problems = await settle(narrowed, crowd)
             for p in problems:
                 report.problem(f"compare {spread} host(s): {p}")
@@ -409,10 +414,11 @@ async def phase_compare(
             shown = Latency.of(broadcast_since(crowd.watchers, marks, None))
             report.say(
                 f"| {spread} host{'s' if spread > 1 else ''} | {acked / elapsed:.0f}"
-                f" | {acks.cell()} | {shown.cell()} |"
+                f" | {acks.cell()} | {shown.cell()} | {client_cpu:.0%} of a core |"
             )
             report.facts[f"compare_{spread}"] = {
                 "gifts_per_s": acked / elapsed,
+                "client_cpu": client_cpu,
                 "ack": acks,
                 "broadcast": shown,
             }

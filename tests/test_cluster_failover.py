@@ -118,3 +118,22 @@ async def test_a_viewer_follows_its_room_through_a_failover(
     finally:
         await watcher.close()
         await talker.close()
+
+
+async def test_a_server_starts_while_its_first_seed_node_is_down(
+    healed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every REDIS_CLUSTER_URLS entry is a seed, not just the first."""
+    cluster = healed
+    first = cluster.nodes[0]
+    was_primary = cluster.topology()[first.name][0] == "primary"
+    cluster.kill(first)
+    if was_primary:
+        cluster.wait_promoted(first)
+    env = {"REDIS_URL": "", "REDIS_CLUSTER_URLS": cluster.urls_setting}
+    live = LiveServer("", log_dir=tmp_path_factory.mktemp("seeds"), env=env).start()
+    try:
+        async with httpx.AsyncClient(base_url=live.url, timeout=15) as http:
+            await sign_up(http, name="Seeded")
+    finally:
+        live.stop()

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
@@ -93,7 +95,14 @@ def connect(settings: Settings, url: str | None = None) -> Client:
         "health_check_interval": 30,
     }
     if settings.redis_cluster_urls and url is None:
-        return RedisCluster.from_url(settings.redis_cluster_urls[0], **options)
+        # Every URL is a seed: a process that starts while the first node is down asks
+        # the next (the client then learns every node from the cluster itself).
+        first, *others = settings.redis_cluster_urls
+        seeds = [
+            ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379)
+            for parts in map(urlsplit, others)
+        ]
+        return RedisCluster.from_url(first, startup_nodes=seeds or None, **options)
     target = url or settings.redis_url
     if target is None:
         raise ValueError("no Redis URL: start the embedded server first")
