@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -75,7 +76,13 @@ class Transfer:
     @property
     def periods(self) -> tuple[str, str]:
         """The UTC day and month its coins count towards for the spending cap."""
-        return economy.spending_periods(dt.datetime.fromtimestamp(self.created_ms / 1000, dt.UTC))
+        return _periods_of_second(self.created_ms // 1000)
+
+
+@functools.lru_cache(maxsize=8)
+def _periods_of_second(second: int) -> tuple[str, str]:
+    # Days and months begin on whole seconds: formatted once a second, not once a gift.
+    return economy.spending_periods(dt.datetime.fromtimestamp(second, dt.UTC))
 
 
 @dataclass(frozen=True, slots=True)
