@@ -28,7 +28,7 @@ also read from the environment variable named):
     --gs-chat-rate R          chat lines/s per gifting viewer (GS_LOAD_CHAT_RATE, 0.05)
     --gs-anonymous-share F    share of viewers that only watch (GS_LOAD_ANONYMOUS_SHARE, 0.2)
     --gs-package ID           coin package gifting viewers buy (GS_LOAD_PACKAGE, p10000)
-    --gs-timed-share F        share of viewers that time every event (GS_LOAD_TIMED_SHARE, 0.05)
+    --gs-timed-share F        share of viewers that time every event (GS_LOAD_TIMED_SHARE, 0.01)
     --gs-report PATH          write the run's counts and Locust's statistics here as JSON
                               at the end, from the same figures as Locust's own report
 
@@ -124,8 +124,8 @@ def add_arguments(parser: LocustArgumentParser) -> None:
            default="p10000", metavar="ID")
     option("--gs-timed-share", "GS_LOAD_TIMED_SHARE",
            "share of viewers that time every event they receive (broadcast latency); the "
-           "others only check seqs (default 0.05, at least one viewer per process)",
-           type=float, default=0.05, metavar="F")
+           "others only check seqs (default 0.01, at least one viewer per process)",
+           type=float, default=0.01, metavar="F")
     option("--gs-report", "GS_LOAD_REPORT",
            "write the run's counts and Locust's statistics here as JSON at the end",
            default="", metavar="PATH")  # fmt: skip
@@ -142,7 +142,7 @@ class LoadPlan:
     gift_rate: float = 0.5
     chat_rate: float = 0.05
     package_id: str = "p10000"
-    timed_share: float = 0.05
+    timed_share: float = 0.01
     timed_users: int = 0
     workers: int = 0  # on a master: the workers at the end
     started_at: float = field(default_factory=time.time)

@@ -218,9 +218,10 @@ def render_text(summary: dict[str, Any]) -> str:
     else:
         lines.append("  errors         none")
     for label, res in summary["resources"].items():
+        steady = f", after the ramp {res['cpu_steady_pct']:.0f}%" if "cpu_steady_pct" in res else ""
         lines.append(
-            f"  {label:<14} CPU mean {res['cpu_mean_pct']:.0f}% max {res['cpu_max_pct']:.0f}% "
-            f"(100% = one core), memory max {res['rss_max_mb']:.0f} MB"
+            f"  {label:<14} CPU mean {res['cpu_mean_pct']:.0f}%{steady} max "
+            f"{res['cpu_max_pct']:.0f}% (100% = one core), memory max {res['rss_max_mb']:.0f} MB"
         )
     audit = summary["audit"]
     if audit.get("ran"):
@@ -276,12 +277,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
     out += ["", "## Resources", ""]
     if summary["resources"]:
         out += [
-            "| process | CPU mean % | CPU max % | memory max MB |",
-            "| --- | ---: | ---: | ---: |",
+            "| process | CPU mean % | after the ramp % | CPU max % | memory max MB |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
         for label, res in summary["resources"].items():
+            steady = f"{res['cpu_steady_pct']:.0f}" if "cpu_steady_pct" in res else "-"
             out.append(
-                f"| {label} | {res['cpu_mean_pct']:.0f} | {res['cpu_max_pct']:.0f} "
+                f"| {label} | {res['cpu_mean_pct']:.0f} | {steady} | {res['cpu_max_pct']:.0f} "
                 f"| {res['rss_max_mb']:.0f} |"
             )
         out.append("")

@@ -89,12 +89,20 @@ class ResourceSampler:
             proc = self._procs[pid] = psutil.Process(pid)
         return proc
 
-    def summary(self) -> dict[str, dict[str, float]]:
+    def summary(self, *, steady_after_s: float | None = None) -> dict[str, dict[str, float]]:
+        """Per process: CPU mean and max, memory max and last; with `steady_after_s`, also
+        the CPU mean from then on (the load, without its ramp-up)."""
         out: dict[str, dict[str, float]] = {}
         for label, series in self._series.items():
             if not series.cpu:
                 continue
+            steady: dict[str, float] = {}
+            if steady_after_s is not None:
+                late = [c for t, lab, c, _ in self._rows if lab == label and t >= steady_after_s]
+                if late:
+                    steady["cpu_steady_pct"] = round(sum(late) / len(late), 1)
             out[label] = {
+                **steady,
                 "cpu_mean_pct": round(sum(series.cpu) / len(series.cpu), 1),
                 "cpu_max_pct": round(max(series.cpu), 1),
                 "rss_max_mb": round(max(series.rss_mb), 1),

@@ -48,7 +48,9 @@ from load.counters import ProcessCounters
 
 WS = "WS"
 ACK_TIMEOUT_S = 10.0
-OPEN_TIMEOUT_S = 10.0
+# A viewer waits as long as an app would for a busy server; giving up sooner only makes
+# the server do the handshake for nothing and the viewer ask again.
+OPEN_TIMEOUT_S = 30.0
 _EVENTS = b'{"type":"events"'
 _ACK = b'{"type":"ack"'
 _ERROR = b'{"type":"error"'
