@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,24 @@ from server.embedded import free_port
 
 class ServerStartError(RuntimeError):
     pass
+
+
+class PortTaken(ServerStartError):
+    pass
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """`PortTaken` if something listens on `host`:`port` already: then whatever answers
+    there is not the server about to start (a demo left running, say)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PortTaken(
+                f"port {port} on {host} is taken ({exc.strerror}): is another server or "
+                f"demo running? Stop it, or choose another port (--port)"
+            ) from None
 
 
 class ServerProcess:
@@ -72,6 +91,10 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, *, timeout_s: float = 30.0) -> ServerProcess:
+        """Start it and wait for /healthz. `PortTaken` if the port is in use before it
+        starts (what answers there would not be this server), `ServerStartError` if it
+        exits or does not answer in `timeout_s`."""
+        check_port_free(self.port, self.host)
         env = {**self.base_env, "GS_HOST": self.host, "GS_PORT": str(self.port), **self.env}
         log: int | None = None
         if self.log_path is not None:
@@ -103,9 +126,10 @@ class ServerProcess:
         self.stop()
         raise ServerStartError(f"the server did not answer /healthz in {timeout_s:g} s{where}")
 
-    def stop(self, *, timeout_s: float = 15.0) -> None:
-        """SIGTERM (a clean shutdown: the server stops its embedded Redis too), then
-        SIGKILL for whatever of its group is left after `timeout_s`."""
+    def stop(self, *, timeout_s: float = 30.0) -> None:
+        """SIGTERM (a clean shutdown: the server drains, GS_DRAIN_S + GS_SHUTDOWN_TIMEOUT_S
+        + GS_DRAIN_GIFT_STEPS_S at most, and stops its embedded Redis), then SIGKILL for
+        whatever of its group is left after `timeout_s`."""
         proc, self.proc = self.proc, None
         if proc is None:
             return

@@ -5,6 +5,9 @@ every process writes its samples there and `/metrics` sums them."""
 from __future__ import annotations
 
 import os
+import platform
+import time
+from collections.abc import Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONNECTIONS_OPEN = Gauge(
     "giftstream_connections_open", "Open WebSocket connections", multiprocess_mode="livesum"
@@ -123,6 +128,89 @@ FANOUT_FLUSH_SECONDS = Histogram(
     "Time to encode one coalesced flush of a room and pass it to its viewers",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
+
+HTTP_REQUESTS = Counter(
+    "giftstream_http_requests",
+    "HTTP requests answered, by method, route template (e.g. /api/rooms/{room_id}; "
+    "unmatched for no route) and status code",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "giftstream_http_request_seconds",
+    "From an HTTP request's arrival to the end of its answer, by method and route template",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+WEBSOCKET_CLOSES = Counter(
+    "giftstream_websocket_closes",
+    "WebSocket connections ended, by close code: the server's (1008 too slow, 1009 too "
+    "big, 1012 restarting, 1013 try later, 4401, 4404) or the peer's (1000, 1001, 1006 "
+    "gone without a close)",
+    ["code"],
+)
+BUILD_INFO = Gauge(
+    "giftstream_build_info",
+    "Always 1: the running giftstream version, its Python, and the Redis server it uses",
+    ["version", "python", "redis"],
+    multiprocess_mode="max",
+)
+
+
+def set_build_info(*, version: str, redis: str) -> None:
+    BUILD_INFO.labels(version=version, python=platform.python_version(), redis=redis).set(1)
+
+
+def _template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", "unmatched"))
+    return partial or "unmatched"
+
+
+class RequestMetrics:
+    """ASGI middleware: each HTTP request counted and timed by its route's template (never
+    its raw path, which would make a series per room). WebSockets pass through untouched
+    (`DirectWrites` must see uvicorn's own `send`); their close codes are counted by the
+    protocol, `server.serving.WebSocketProtocol`."""
+
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        route = _template(self.routes, scope)
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        status: int | None = None
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            status = status or 500  # the error handler outside answers 500
+            raise
+        finally:
+            # No status: the client went away before any answer.
+            shown = str(status) if status else "none"
+            HTTP_REQUESTS.labels(method=method, route=route, status=shown).inc()
+            HTTP_REQUEST_SECONDS.labels(method=method, route=route).observe(
+                time.perf_counter() - started
+            )
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def render() -> tuple[bytes, str]:

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(Exception):
@@ -57,30 +58,58 @@ def _ack_durability(env: Mapping[str, str], name: str) -> AckDurability:
         raise SettingsError(f"{name}: {exc}") from None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+# ASCII only: int() and float() also take other scripts' digits ("١٢") and underscores.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+def _in_range(name: str, value: float, minimum: float, maximum: float | None) -> None:
+    if maximum is not None and not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g}, got {value:g}")
     if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+        raise SettingsError(f"{name} must be at least {minimum:g}, got {value:g}")
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
+    raw = _raw(env, name)
+    if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must not be negative, got {value}")
+    if not _INT.fullmatch(raw):
+        raise SettingsError(f"{name} must be an integer, got {raw!r}")
+    value = int(raw)
+    _in_range(name, value, minimum, maximum)
     return value
+
+
+def _float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+) -> float:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not _FLOAT.fullmatch(raw):
+        raise SettingsError(f"{name} must be a number, got {raw!r}")
+    value = float(raw)
+    _in_range(name, value, minimum, maximum)
+    return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:
@@ -91,15 +120,66 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
+    """1/0, true/false, yes/no or on/off, in any case."""
+    raw = _raw(env, name)
+    if raw is None:
         return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    value = raw.lower()
+    if value in _TRUE:
         return True
-    if value in ("0", "false", "no", "off"):
+    if value in _FALSE:
         return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    raise SettingsError(f"{name} must be one of 1, true, yes, on or 0, false, no, off; got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw in choices:
+        return raw
+    close = [c for c in choices if c.startswith(raw.lower()) or raw.lower().startswith(c)]
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise SettingsError(f"{name} must be {' or '.join(choices)}, got {raw!r}{hint}")
+
+
+def _masked(raw: str) -> str:
+    """`raw` with any password in it replaced by ***, fit for a message."""
+    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", raw)
+
+
+def redis_url(
+    name: str, raw: str, *, schemes: tuple[str, ...] = ("redis", "rediss", "unix")
+) -> str:
+    """`raw` if it is a URL redis-py can connect to (one of `schemes`), else
+    `SettingsError` saying what is wrong with it (any password in it masked)."""
+    shown = repr(_masked(raw))
+    example = f"{name} must be a URL like redis://host:6379/0"
+    try:
+        url = urlsplit(raw)
+        port = url.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise SettingsError(f"{example}, got {shown} ({exc})") from None
+    if url.scheme not in schemes:
+        others = ", ".join(f"{s}://" for s in schemes if s != "redis")
+        raise SettingsError(f"{example} (or {others}), got {shown}")
+    if url.scheme == "unix":
+        if not url.path:
+            raise SettingsError(f"{name} needs a socket path, like unix:///run/redis.sock")
+        return raw
+    if not url.hostname:
+        raise SettingsError(f"{example}: {shown} names no host")
+    if port == 0:
+        raise SettingsError(f"{name}: port 0 is no Redis port, in {shown}")
+    database = url.path.strip("/")
+    if database and not _INT.fullmatch(database):
+        raise SettingsError(f"{name}: the database after the / must be a number, in {shown}")
+    return raw
+
+
+ENVIRONMENTS = ("development", "production")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +250,17 @@ class Settings:
     # after its append-only file is fsynced (aof), or after N replicas have it.
     ack_durability: AckDurability = field(default_factory=AckDurability)
     ack_durability_timeout_ms: int = 1000
+    # Logs: plain lines or one JSON object a line, for the server and uvicorn alike.
+    log_format: str = "text"
+    log_level: str = "info"
+    # The embedded server when there is no REDIS_URL: "auto" (the one that wrote the data
+    # folder, else redis-server on PATH, else the bundled Valkey), or a command or path.
+    redis_server: str = "auto"
+    # On SIGTERM: the WebSockets are closed (1012) in batches spread over this long, so
+    # their clients reconnect elsewhere spread out; then requests and gift steps in flight
+    # get `shutdown_timeout_s` to finish.
+    drain_s: float = 5.0
+    shutdown_timeout_s: float = 5.0
 
     @property
     def production(self) -> bool:
@@ -183,7 +274,8 @@ class Settings:
         when `GS_ENV=production` and no `GS_TOKEN_SECRET` is set.
         """
         env = os.environ if env is None else env
-        environment = env.get("GS_ENV", "development")
+        d = cls()
+        environment = _choice(env, "GS_ENV", "development", ENVIRONMENTS)
         secret = env.get("GS_TOKEN_SECRET", "")
         if not secret:
             if environment == "production":
@@ -192,16 +284,30 @@ class Settings:
                     "by every server process (tokens signed by one must verify on all)"
                 )
             secret = secrets.token_urlsafe(32)
-        cluster = tuple(u for u in env.get("REDIS_CLUSTER_URLS", "").split(",") if u.strip())
-        d = cls()
+        elif environment == "production" and len(secret) < 32:
+            raise SettingsError(
+                f"GS_TOKEN_SECRET must be at least 32 characters in production, "
+                f"got {len(secret)} (e.g. openssl rand -hex 32)"
+            )
+        url = _raw(env, "REDIS_URL")
+        cluster = tuple(
+            redis_url("REDIS_CLUSTER_URLS", u.strip(), schemes=("redis", "rediss"))
+            for u in env.get("REDIS_CLUSTER_URLS", "").split(",")
+            if u.strip()
+        )
+        if url is not None and cluster:
+            raise SettingsError("REDIS_URL and REDIS_CLUSTER_URLS are both set: set only one")
+        host = env.get("GS_HOST", "").strip() or d.host
+        if any(c.isspace() for c in host) or "/" in host:
+            raise SettingsError(f"GS_HOST must be a host name or address, got {host!r}")
         return cls(
             environment=environment,
-            host=env.get("GS_HOST", d.host),
-            port=_int(env, "GS_PORT", d.port, minimum=0),
-            workers=_int(env, "GS_WORKERS", d.workers, minimum=1),
-            redis_url=env.get("REDIS_URL") or None,
+            host=host,
+            port=_int(env, "GS_PORT", d.port, minimum=0, maximum=65535),
+            workers=_int(env, "GS_WORKERS", d.workers, minimum=1, maximum=256),
+            redis_url=None if url is None else redis_url("REDIS_URL", url),
             redis_cluster_urls=cluster,
-            data_dir=Path(env.get("GS_DATA_DIR", str(d.data_dir))),
+            data_dir=Path(_raw(env, "GS_DATA_DIR") or d.data_dir),
             token_secret=secret,
             token_ttl_s=_int(env, "GS_TOKEN_TTL_S", d.token_ttl_s, minimum=1),
             wallet_buckets=_int(env, "WALLET_BUCKETS", d.wallet_buckets, minimum=1),
@@ -251,5 +357,12 @@ class Settings:
             ack_durability=_ack_durability(env, "GS_ACK_DURABILITY"),
             ack_durability_timeout_ms=_int(
                 env, "GS_ACK_DURABILITY_TIMEOUT_MS", d.ack_durability_timeout_ms, minimum=1
+            ),
+            log_format=_choice(env, "GS_LOG_FORMAT", d.log_format, LOG_FORMATS),
+            log_level=_choice(env, "GS_LOG_LEVEL", d.log_level, LOG_LEVELS),
+            redis_server=_raw(env, "GS_REDIS_SERVER") or d.redis_server,
+            drain_s=_float(env, "GS_DRAIN_S", d.drain_s, maximum=3600),
+            shutdown_timeout_s=_float(
+                env, "GS_SHUTDOWN_TIMEOUT_S", d.shutdown_timeout_s, maximum=3600
             ),
         )
