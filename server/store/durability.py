@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from server.settings import AckDurability
 from server.store.connection import Client
+from server.store.keys import fence_key
 
 FENCE_TTL_MS = 600_000
 
@@ -50,10 +51,6 @@ def reached(level: AckDurability, reply: Any) -> bool:
     if level.level == "aof":
         return int(reply[0]) >= 1
     return int(reply) >= level.replicas
-
-
-def fence_key(tag: str) -> str:
-    return f"gs:{tag}:fence"
 
 
 class Durability:

@@ -87,6 +87,11 @@ def bucket_cashout(tag: str, cashout_id: str) -> str:
     return f"{PREFIX}:{tag}:cashout:{cashout_id}"
 
 
+def fence_key(tag: str) -> str:
+    """A small key of hash tag `tag`, written to wait for (server.store.durability)."""
+    return f"{PREFIX}:{tag}:fence"
+
+
 # Patterns for whole-store scans (the audit): every wallet, pending hash, due set, room.
 ALL_WALLETS = f"{PREFIX}:{{w*}}:wallet:*"
 ALL_PENDING = f"{PREFIX}:{{w*}}:pending"
