@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -86,6 +87,22 @@ class ClusterNode:
             name.removeprefix("cmdstat_").lower(): int(stats["calls"])
             for name, stats in info.items()
         }
+
+
+def stop_nodes(nodes: Sequence[ClusterNode]) -> None:
+    """Stop every node's process (SIGTERM, then SIGKILL after 10 s); a paused one too."""
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                node.proc.send_signal(signal.SIGCONT)
+                node.proc.terminate()
+    for node in nodes:
+        if node.proc is not None:
+            try:
+                node.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
 
 
 class LocalCluster:
@@ -308,18 +325,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after 10 s); a paused one too."""
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    node.proc.send_signal(signal.SIGCONT)
-                    node.proc.terminate()
-        for node in self.nodes:
-            if node.proc is not None:
-                try:
-                    node.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait()
+        stop_nodes(self.nodes)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -539,16 +545,7 @@ class ReplicatedRedis:
             node.proc.wait()
 
     def stop(self) -> None:
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.terminate()
-        for node in self.nodes:
-            if node.proc is not None:
-                try:
-                    node.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait()
+        stop_nodes(self.nodes)
 
     def __enter__(self) -> ReplicatedRedis:
         return self.start()
